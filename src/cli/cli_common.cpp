@@ -1,0 +1,15 @@
+#include "cli/commands.h"
+
+namespace csipose::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"data synth", "generate a synthetic CSI pose dataset (WiFlow or MM-Fi layout) from a YAML config", data_synth},
+      {"data inspect", "print sizes, splits, corrupted counts and value ranges of a dataset", data_inspect},
+      {"score", "score a prediction .npy against ground truth under the locked PCK/MPJPE metric", score},
+      {"baseline", "fit and score the mean-pose and ridge-regression baselines on a dataset", baseline},
+  };
+  return table;
+}
+
+}  // namespace csipose::cli

@@ -1,0 +1,5 @@
+#include "cli/commands.h"
+#include "common/check.h"
+namespace csipose::cli {
+int baseline(const Args&) { fail("baseline: in progress"); }
+}  // namespace csipose::cli

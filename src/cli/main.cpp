@@ -1,0 +1,40 @@
+// csipose: train, quantize and verify WiFi-CSI pose models. Dispatches to one subcommand;
+// only this file turns errors into exit codes.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "cli/commands.h"
+#include "common/check.h"
+
+using csipose::cli::Args;
+
+static void print_help() {
+  std::printf("usage: csipose <command> [options]   (csipose <command> --help for its options)\n\ncommands:\n");
+  for (const auto& c : csipose::cli::commands()) std::printf("  %-14s %s\n", c.name, c.summary);
+}
+
+int main(int argc, char** argv) {
+  const Args words(argv + 1, argv + argc);
+  if (words.empty() || words[0] == "--help" || words[0] == "-h" || words[0] == "help") {
+    print_help();
+    return words.empty() ? 2 : 0;
+  }
+  try {
+    // Commands are one or two words ("score", "data synth"); the longest match wins.
+    for (size_t n : {2u, 1u}) {
+      if (words.size() < n) continue;
+      std::string name = words[0];
+      if (n == 2) name += " " + words[1];
+      for (const auto& c : csipose::cli::commands())
+        if (name == c.name) return c.run(Args(words.begin() + static_cast<long>(n), words.end()));
+    }
+    std::string known;
+    for (const auto& c : csipose::cli::commands()) known += std::string(known.empty() ? "" : ", ") + c.name;
+    std::fprintf(stderr, "error: unknown command \"%s\"; expected one of: %s\n", words[0].c_str(), known.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

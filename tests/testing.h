@@ -1,0 +1,35 @@
+#pragma once
+// Test helpers: scratch directories and running the csipose binary.
+#include <string>
+#include <vector>
+
+namespace csipose::testing {
+
+/// A fresh empty directory under the build's temp area, unique per call; removed at exit of the
+/// TempDir object.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct RunResult {
+  int exit_code;
+  std::string output;  ///< stdout and stderr together
+};
+
+/// Runs the csipose binary with the given arguments (shell-quoted for you).
+RunResult run_csipose(const std::vector<std::string>& args);
+
+/// Path of a file in the source tree ("configs/data/synth_small.yaml").
+std::string source_path(const std::string& relative);
+
+/// Writes text to a file (creating parent directories).
+void write_file(const std::string& path, const std::string& text);
+
+}  // namespace csipose::testing
