@@ -30,8 +30,13 @@ int main(int argc, char** argv) {
         if (name == c.name) return c.run(Args(words.begin() + static_cast<long>(n), words.end()));
     }
     std::string known;
-    for (const auto& c : csipose::cli::commands()) known += std::string(known.empty() ? "" : ", ") + c.name;
-    std::fprintf(stderr, "error: unknown command \"%s\"; expected one of: %s\n", words[0].c_str(), known.c_str());
+    bool group = false;  // words[0] starts a two-word command ("data"): name both words typed
+    for (const auto& c : csipose::cli::commands()) {
+      known += std::string(known.empty() ? "" : ", ") + c.name;
+      group = group || std::string(c.name).rfind(words[0] + " ", 0) == 0;
+    }
+    const std::string typed = group && words.size() > 1 ? words[0] + " " + words[1] : words[0];
+    std::fprintf(stderr, "error: unknown command \"%s\"; expected one of: %s\n", typed.c_str(), known.c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

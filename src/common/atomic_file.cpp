@@ -27,8 +27,8 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
       CSIPOSE_CHECK(out.good(), "cannot open ", tmp, " for writing: ", std::strerror(errno));
       write(out);
-      out.flush();
-      CSIPOSE_CHECK(out.good(), "write to ", tmp, " failed (disk full?)");
+      out.close();  // close() flushes; its failure (disk full, quota) must not pass as success
+      CSIPOSE_CHECK(!out.fail(), "write to ", tmp, " failed (disk full?)");
     }
     const int fd = ::open(tmp.c_str(), O_RDONLY);
     if (fd >= 0) {
@@ -50,6 +50,8 @@ void write_text_atomic(const std::string& path, const std::string& text) {
 }
 
 std::string read_text_file(const std::string& path) {
+  std::error_code ec;
+  CSIPOSE_CHECK(!fs::is_directory(path, ec), "cannot read ", path, ": it is a directory");
   std::ifstream in(path, std::ios::binary);
   CSIPOSE_CHECK(in.good(), "cannot open ", path, ": ", std::strerror(errno));
   std::ostringstream ss;

@@ -1,8 +1,12 @@
 #include "common/config_node.h"
 
+#include <charconv>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <sstream>
+#include <type_traits>
 
 namespace csipose {
 
@@ -69,17 +73,48 @@ std::vector<std::string> apply_overrides(YAML::Node& root, const std::vector<std
   return paths;
 }
 
+static bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// yaml-cpp keeps every pair of a mapping with a repeated key and lookups return the first, so the
+// second value would be silently ignored (and never reported by finish()). Complex keys
+// ("? [a, b]") would make finish() and keys() throw a bare yaml-cpp exception.
+static void reject_duplicate_keys(const YAML::Node& node, const std::string& path, const std::string& source) {
+  if (node.IsMap()) {
+    std::map<std::string, int> first_line;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      if (!it->first.IsScalar())
+        fail(source, ":", it->first.Mark().line + 1, ": ", path.empty() ? "top level" : path,
+             ": keys must be plain scalars");
+      const std::string key = it->first.Scalar();
+      const std::string p = path.empty() ? key : path + "." + key;
+      const auto [seen, inserted] = first_line.emplace(key, it->first.Mark().line);
+      if (!inserted)
+        fail(source, ":", it->first.Mark().line + 1, ": ", p, ": duplicate key (first given on line ",
+             seen->second + 1, ")");
+      reject_duplicate_keys(it->second, p, source);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) reject_duplicate_keys(node[i], path + "[" + std::to_string(i) + "]", source);
+  }
+}
+
 ConfigNode ConfigNode::load_string(const std::string& yaml, const std::string& source,
                                    const std::vector<std::string>& overrides) {
   auto state = std::make_shared<State>();
   state->source = source;
+  std::vector<YAML::Node> documents;
   try {
-    state->root = YAML::Load(yaml);
+    documents = YAML::LoadAll(yaml);
   } catch (const YAML::ParserException& e) {
     fail(source, ":", e.mark.line + 1, ": YAML syntax error: ", e.msg);
   }
+  // YAML::Load would silently drop every document after the first.
+  if (documents.size() > 1)
+    fail(source, ":", documents[1].Mark().line + 1, ": a config file holds one YAML document, found a second");
+  if (!documents.empty()) state->root = documents[0];
   if (!state->root.IsDefined() || state->root.IsNull()) state->root = YAML::Node(YAML::NodeType::Map);
   CSIPOSE_CHECK(state->root.IsMap(), source, ": the top level must be a mapping of keys");
+  reject_duplicate_keys(state->root, "", source);
   try {
     for (const auto& p : apply_overrides(state->root, overrides)) state->overridden.insert(p);
   } catch (const Error& e) {
@@ -116,18 +151,33 @@ YAML::Node ConfigNode::lookup(const std::string& key) const {
 bool ConfigNode::has(const std::string& key) const { return lookup(key).IsDefined(); }
 
 std::string ConfigNode::location_of(const YAML::Node& node, const std::string& full_path) const {
+  // A value set by --set (the path itself or anything inside it, list elements included).
   for (const auto& ov : state_->overridden) {
-    if (full_path == ov || full_path.rfind(ov + ".", 0) == 0 || ov.rfind(full_path + ".", 0) == 0)
+    if (full_path == ov || starts_with(full_path, ov + ".") || starts_with(full_path, ov + "["))
       return state_->source + ": --set " + ov + ": " + full_path;
   }
   if (node.IsDefined() && node.Mark().line >= 0)
     return state_->source + ":" + std::to_string(node.Mark().line + 1) + ": " + full_path;
+  // No line: a mapping that --set created on the way to its key.
+  for (const auto& ov : state_->overridden) {
+    if (starts_with(ov, full_path + ".")) return state_->source + ": --set " + ov + ": " + full_path;
+  }
   return state_->source + ": " + full_path;
 }
 
+// The key node of `key` in a mapping: errors point at the key's line, not at its value's (an empty
+// value or a block list/mapping starts on a later line).
+static YAML::Node key_node(const YAML::Node& map, const std::string& key) {
+  if (map.IsMap()) {
+    for (auto it = map.begin(); it != map.end(); ++it)
+      if (it->first.IsScalar() && it->first.Scalar() == key) return it->first;
+  }
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
 std::string ConfigNode::where(const std::string& key) const {
-  YAML::Node n = lookup(key);
-  return location_of(n.IsDefined() ? n : node_, path_of(key));
+  const YAML::Node k = key_node(node_, key);
+  return location_of(k.IsDefined() ? k : node_, path_of(key));
 }
 
 void ConfigNode::error(const std::string& key, const std::string& message) const {
@@ -173,18 +223,59 @@ std::string ConfigNode::scalar_text(const YAML::Node& node) const {
   return "an empty value";
 }
 
+// YAML 1.2 core-schema integers: decimal (a leading zero stays decimal: yaml-cpp would read "010"
+// as octal 8), "0x" hex, "0o" octal, optional sign. False when malformed or out of range for Int.
+template <typename Int>
+static bool parse_int(const std::string& text, Int& out, bool& out_of_range) {
+  out_of_range = false;
+  size_t i = 0;
+  bool negative = false;
+  if (i < text.size() && (text[i] == '+' || text[i] == '-')) negative = text[i++] == '-';
+  int base = 10;
+  if (text.size() - i > 2 && text[i] == '0' && (text[i + 1] == 'x' || text[i + 1] == 'X')) {
+    base = 16;
+    i += 2;
+  } else if (text.size() - i > 2 && text[i] == '0' && text[i + 1] == 'o') {
+    base = 8;
+    i += 2;
+  }
+  if (i == text.size()) return false;
+  uint64_t magnitude = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data() + i, end, magnitude, base);
+  if (ptr != end) return false;
+  const uint64_t max_mag = negative ? static_cast<uint64_t>(std::numeric_limits<Int>::max()) + 1
+                                    : static_cast<uint64_t>(std::numeric_limits<Int>::max());
+  if (ec == std::errc::result_out_of_range || magnitude > max_mag) {
+    out_of_range = true;
+    return false;
+  }
+  if (ec != std::errc()) return false;
+  // -(m - 1) - 1 reaches the minimum without overflowing.
+  out = negative && magnitude > 0 ? static_cast<Int>(-static_cast<Int>(magnitude - 1) - 1) : static_cast<Int>(magnitude);
+  return true;
+}
+
 template <typename T>
 T ConfigNode::convert(const YAML::Node& node, const std::string& key) const {
-  if (!node.IsScalar())
-    throw Error(location_of(node, path_of(key)) + ": expected " + type_name<T>() + ", got " + scalar_text(node));
-  try {
-    if constexpr (std::is_same_v<T, std::string>) {
-      return node.Scalar();
-    } else {
+  const YAML::Node k = key_node(node_, key);
+  const std::string loc = location_of(k.IsDefined() ? k : node, path_of(key));
+  if (!node.IsScalar()) throw Error(loc + ": expected " + type_name<T>() + ", got " + scalar_text(node));
+  if constexpr (std::is_same_v<T, std::string>) {
+    return node.Scalar();
+  } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    T v{};
+    bool out_of_range = false;
+    if (!parse_int(node.Scalar(), v, out_of_range))
+      throw Error(loc + ": expected " + type_name<T>() + ", got \"" + node.Scalar() + "\"" +
+                  (out_of_range ? " (out of range)" : ""));
+    return v;
+  } else {
+    try {
       return node.as<T>();
+    } catch (const YAML::Exception&) {
+      throw Error(loc + ": expected " + type_name<T>() + ", got \"" + node.Scalar() + "\"");
     }
-  } catch (const YAML::Exception&) {
-    throw Error(location_of(node, path_of(key)) + ": expected " + type_name<T>() + ", got \"" + node.Scalar() + "\"");
   }
 }
 

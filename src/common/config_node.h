@@ -145,7 +145,7 @@ E ConfigNode::get_enum(const std::string& key, E fallback, std::initializer_list
     mark_consumed(key);
     return fallback;
   }
-  return parse_enum_value<E>(key, get<std::string>(key), table);
+  return parse_enum_value<E>(key, get<std::string>(key, std::string()), table);
 }
 
 template <typename E>

@@ -1,5 +1,6 @@
 #include "common/json.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -72,7 +73,9 @@ bool Json::as_bool() const {
 
 int64_t Json::as_int() const {
   if (type_ == Type::integer) return int_;
-  CSIPOSE_CHECK(type_ == Type::number && std::floor(num_) == num_, "json: expected an integer");
+  // 2^63 bounds the doubles that convert to int64 without undefined behaviour.
+  CSIPOSE_CHECK(type_ == Type::number && std::floor(num_) == num_ && std::fabs(num_) < 0x1p63,
+                "json: expected an integer");
   return static_cast<int64_t>(num_);
 }
 
@@ -125,8 +128,12 @@ void Json::dump_to(std::string& out, int indent, int depth) const {
         out += "null";
         break;
       }
+      // The shortest of 15..17 significant digits that reads back as the same double.
       char buf[32];
-      std::snprintf(buf, sizeof buf, "%.10g", num_);
+      for (int precision = 15; precision <= 17; ++precision) {
+        std::snprintf(buf, sizeof buf, "%.*g", precision, num_);
+        if (std::strtod(buf, nullptr) == num_) break;
+      }
       out += buf;
       break;
     }
@@ -268,8 +275,11 @@ struct Parser {
         case 't': out += '\t'; break;
         case 'u': {
           unsigned cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && consume("\\u")) {
-            unsigned lo = hex4();
+          if (cp >= 0xDC00 && cp < 0xE000) error("unpaired low surrogate in \\u escape");
+          if (cp >= 0xD800 && cp < 0xDC00) {
+            if (!consume("\\u")) error("high surrogate not followed by a \\u low surrogate");
+            const unsigned lo = hex4();
+            if (lo < 0xDC00 || lo >= 0xE000) error("high surrogate not followed by a low surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           put_utf8(out, cp);
@@ -297,7 +307,10 @@ struct Parser {
       if (errno == 0 && end && *end == '\0') return Json(v);
     }
     double d = std::strtod(tok.c_str(), &end);
-    if (!end || *end != '\0') error("bad number '" + tok + "'");
+    if (tok.empty() || !end || *end != '\0') {
+      i = start;  // report where the number begins
+      error("bad number '" + tok + "'");
+    }
     return Json(d);
   }
 };

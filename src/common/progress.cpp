@@ -62,6 +62,7 @@ void Progress::finish(const std::string& note) {
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (tty_) {
+    last_draw_ = {};  // the final state is always drawn, however recent the last redraw
     advance(0, note);
     std::fprintf(stderr, "\n");
   } else {

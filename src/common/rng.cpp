@@ -3,6 +3,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "common/check.h"
+
 namespace csipose {
 
 static uint64_t splitmix64(uint64_t& x) {
@@ -36,6 +38,7 @@ uint64_t Rng::next_u64() {
 double Rng::uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
 
 uint64_t Rng::below(uint64_t n) {
+  CSIPOSE_CHECK(n > 0, "Rng::below(n): n must be positive, got 0");
   const uint64_t limit = UINT64_MAX - UINT64_MAX % n;  // reject the incomplete last block
   uint64_t r;
   do {
@@ -62,6 +65,7 @@ double Rng::normal() {
 }
 
 std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
+  CSIPOSE_CHECK(n >= 0, "permutation(n): n must be non-negative, got ", n);
   std::vector<int64_t> p(static_cast<size_t>(n));
   std::iota(p.begin(), p.end(), 0);
   Rng rng(seed);

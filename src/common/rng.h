@@ -2,7 +2,9 @@
 // A seeded generator whose sequences are fixed by this code, not by the standard library:
 // std::uniform_*_distribution and std::shuffle differ between libstdc++ and libc++, which would
 // make "same seed -> same bytes" a property of the compiler. SplitMix64 seeding + xoshiro256**.
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace csipose {

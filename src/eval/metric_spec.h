@@ -24,6 +24,10 @@ struct MetricSpec {
   static MetricSpec from_json(const Json& j);
   /// One line for reports: "torso-normalized PCK, pair (2,12) ..., clamp 0.01, t in {..}, inclusive".
   std::string describe() const;
+  /// Throws csipose::Error unless usable: num_joints > 0, torso pair distinct and in [0, num_joints),
+  /// clamp > 0, thresholds non-empty, positive and strictly increasing.
+  void validate() const;
+  /// Field-wise; doubles compare with a relative tolerance of 1e-9 (0.1 * 3 equals 0.3 here).
   bool operator==(const MetricSpec& o) const;
   bool operator!=(const MetricSpec& o) const { return !(*this == o); }
 };
@@ -35,7 +39,11 @@ MetricSpec metric_spec_for(const std::string& dataset);
 /// Throws csipose::Error naming the first field in which a and b differ.
 void require_same_spec(const MetricSpec& a, const MetricSpec& b);
 
-/// PCK@t column name for a threshold: 0.2 -> "pck@20".
+/// PCK@t column name for a threshold: 0.2 -> "pck@20" (0.125 -> "pck@12.5").
 std::string pck_name(double threshold);
+
+/// Joint names of a known skeleton in index order ("body25_15": Nose, Neck, RShoulder, ...;
+/// "coco17": nose, left_eye, ...); empty for skeletons this file does not know.
+const std::vector<std::string>& joint_names(const std::string& skeleton);
 
 }  // namespace csipose

@@ -25,6 +25,10 @@ struct PoseMetrics {
   std::vector<double> pck;      ///< fraction in [0,1], one per spec.thresholds entry
   double mpjpe = 0.0;           ///< label units
   std::vector<double> pck_per_joint;  ///< fraction at the spec's second threshold (t = 0.2 when default)
+  /// Predicted joints with a non-finite coordinate. They count as misses at every threshold and make
+  /// mpjpe +inf (written as null in JSON): a mean over the finite distances only would look better
+  /// than the model is, so the harness refuses to produce one.
+  int64_t num_nonfinite = 0;
 
   /// PCK at threshold t (must be one of spec.thresholds); throws otherwise.
   double pck_at(double t) const;
