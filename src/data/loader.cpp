@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "common/check.h"
 #include "common/rng.h"
 
@@ -15,8 +17,10 @@ BatchLoader::BatchLoader(const torch::Tensor& x, const torch::Tensor& y, std::ve
   for (int64_t i : indices_)
     CSIPOSE_CHECK(0 <= i && i < x.size(0), "loader: index ", i, " out of range for ", x.size(0), " samples");
   index_cpu_ = torch::tensor(indices_, torch::kInt64);
-  const int64_t per_sample = x[0].numel() * static_cast<int64_t>(x.element_size()) +
-                             y[0].numel() * static_cast<int64_t>(y.element_size());
+  // Per-sample sizes from numel, not x[0]: a dataset may have no samples at all.
+  const int64_t n_all = std::max<int64_t>(1, x.size(0));
+  const int64_t per_sample = x.numel() / n_all * static_cast<int64_t>(x.element_size()) +
+                             y.numel() / n_all * static_cast<int64_t>(y.element_size());
   const int64_t bytes = per_sample * static_cast<int64_t>(indices_.size());
   resident_ = bytes <= options_.resident_max_bytes;
   if (resident_) {

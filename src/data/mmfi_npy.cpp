@@ -13,6 +13,8 @@ namespace fs = std::filesystem;
 
 torch::Tensor mmfi_preprocess(torch::Tensor& x) {
   CSIPOSE_CHECK(x.dim() == 4, "mmfi_preprocess: expected (N, 3, 114, 10), got ", x.sizes());
+  // In place through views below: a non-contiguous x would need a copy and lose the result.
+  CSIPOSE_CHECK(x.is_contiguous(), "mmfi_preprocess: x must be contiguous (got strides ", x.strides(), ")");
   auto finite = torch::isfinite(x);
   auto corrupted = (~finite).flatten(1).any(1);
   if (corrupted.any().item<bool>()) {
@@ -23,7 +25,7 @@ torch::Tensor mmfi_preprocess(torch::Tensor& x) {
     x.copy_(torch::where(finite, x, mean.expand_as(x)));
   }
   // Per-frame min-max to [0, 1]; a constant frame becomes all zeros.
-  auto flat = x.view({x.size(0), -1});
+  auto flat = x.view({x.size(0), x.size(1) * x.size(2) * x.size(3)});  // not -1: N may be 0
   auto lo = std::get<0>(flat.min(1, /*keepdim=*/true));
   auto hi = std::get<0>(flat.max(1, /*keepdim=*/true));
   auto range = hi - lo;

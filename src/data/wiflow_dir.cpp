@@ -104,7 +104,9 @@ PoseDataset load_wiflow_dir(const std::string& root, const DatasetOptions& optio
   CSIPOSE_CHECK(kp.shape[1] == 15 && kp.shape[2] == 2, kp_path, ": expected (frames, 15, 2), got ", kp.shape_string());
   auto keypoints = to_tensor(kp);
   const int64_t frames = keypoints.size(0);
-  CSIPOSE_CHECK(window_to_frame.min().item<int64_t>() >= 0 && window_to_frame.max().item<int64_t>() < frames,
+  // w == 0: min()/max() of an empty tensor throw; an empty set has nothing to check.
+  CSIPOSE_CHECK(w == 0 || (window_to_frame.min().item<int64_t>() >= 0 &&
+                           window_to_frame.max().item<int64_t>() < frames),
                 winfo_path, ": window_to_frame points outside 0..", frames - 1);
   ds.y = keypoints.index_select(0, window_to_frame).contiguous();
   const auto bad_labels = (~torch::isfinite(ds.y)).flatten(1).any(1).nonzero();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,24 @@ std::string line_with(const std::string& output, const std::string& prefix) {
   return "";
 }
 
+/// Whitespace-separated words of a line.
+std::vector<std::string> words_of(const std::string& line) {
+  std::vector<std::string> out;
+  std::istringstream in(line);
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+/// The words of the first line of `output` with exactly five words, the first being `first`.
+std::vector<std::string> table_row(const std::string& output, const std::string& first) {
+  std::istringstream lines(output);
+  for (std::string line; std::getline(lines, line);) {
+    const auto w = words_of(line);
+    if (w.size() == 5 && w[0] == first) return w;
+  }
+  return {};
+}
+
 /// A failed run: non-zero exit and exactly one line, "error: ..." containing every part.
 void expect_one_line_error(const RunResult& r, const std::vector<std::string>& parts) {
   EXPECT_NE(r.exit_code, 0) << r.output;
@@ -56,7 +75,8 @@ void expect_one_line_error(const RunResult& r, const std::vector<std::string>& p
 }
 
 void expect_contains(const std::string& output, const std::vector<std::string>& parts) {
-  for (const auto& part : parts) EXPECT_NE(output.find(part), std::string::npos) << part << " missing from:\n" << output;
+  for (const auto& part : parts)
+    EXPECT_NE(output.find(part), std::string::npos) << part << " missing from:\n" << output;
 }
 
 TEST(Cli, HelpListsAllCommands) {
@@ -72,9 +92,11 @@ TEST(Cli, HelpListsAllCommands) {
 }
 
 TEST(Cli, UnknownCommand) {
-  expect_one_line_error(run_csipose({"trian", "--config", "x.yaml"}),
-                        {"error: unknown command \"trian\"", "expected one of: data synth, data inspect, score, baseline"});
-  expect_one_line_error(run_csipose({"data", "synthesize"}), {"error: unknown command \"data synthesize\"", "data synth"});
+  expect_one_line_error(
+      run_csipose({"trian", "--config", "x.yaml"}),
+      {"error: unknown command \"trian\"", "expected one of: data synth, data inspect, score, baseline"});
+  expect_one_line_error(run_csipose({"data", "synthesize"}),
+                        {"error: unknown command \"data synthesize\"", "data synth"});
 }
 
 TEST(Cli, SubcommandHelpListsOptionsAndDefaults) {
@@ -84,7 +106,8 @@ TEST(Cli, SubcommandHelpListsOptionsAndDefaults) {
   };
   const std::vector<Case> cases = {
       {{"data", "synth"}, {"usage: csipose data synth", "--config", "--out", "--set", "--threads", "(=0)"}},
-      {{"data", "inspect"}, {"usage: csipose data inspect", "--dir", "--split-file", "--split-seed", "(=42)", "--json"}},
+      {{"data", "inspect"},
+       {"usage: csipose data inspect", "--dir", "--split-file", "--split-seed", "(=42)", "--json"}},
       {{"score"}, {"--pred", "--gt", "--dataset", "--split", "unspecified", "--subset", "full", "--json"}},
       {{"baseline"}, {"usage: csipose baseline", "--data", "--split-file", "--max-train", "(=8000)", "--json"}},
   };
@@ -111,18 +134,28 @@ TEST_F(CliData, SynthInspectBaseline) {
   EXPECT_NE(line_with(synth.output, "wrote " + data_).find("wiflow layout, 8 files, 48 windows (6 corrupted)"),
             std::string::npos)
       << synth.output;
-  for (const char* name : {"csi_windows.npy", "all_keypoints.npy", "window_info.npz", "file_info.npz", "split.txt",
-                           "synth_meta.json"})
+  for (const char* name :
+       {"csi_windows.npy", "all_keypoints.npy", "window_info.npz", "file_info.npz", "split.txt", "synth_meta.json"})
     EXPECT_TRUE(fs::exists(data_ + "/" + name)) << name;
 
   const std::string report = dir_.file("inspect.json");
   const RunResult inspect = run_csipose({"data", "inspect", data_, "--json", report});
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
   expect_contains(inspect.output, {"(wiflow layout)", "(48, 540, 20)", "(48, 15, 2)", data_ + "/split.txt"});
-  EXPECT_NE(line_with(inspect.output, "split ").find("files"), std::string::npos) << inspect.output;
-  EXPECT_NE(line_with(inspect.output, "train ").find(" 6 "), std::string::npos) << inspect.output;
-  EXPECT_NE(line_with(inspect.output, "val ").find(" 1 "), std::string::npos) << inspect.output;
-  EXPECT_NE(line_with(inspect.output, "test ").find(" 1 "), std::string::npos) << inspect.output;
+  // The split table: files, windows, corrupted, clean per split (file 2, all corrupted, is in train).
+  EXPECT_EQ(table_row(inspect.output, "split"),
+            (std::vector<std::string>{"split", "files", "windows", "corrupted", "clean"}))
+      << inspect.output;
+  const auto train = table_row(inspect.output, "train");
+  const auto val = table_row(inspect.output, "val");
+  const auto test = table_row(inspect.output, "test");
+  ASSERT_EQ(train.size(), 5u) << inspect.output;
+  ASSERT_EQ(val.size(), 5u) << inspect.output;
+  ASSERT_EQ(test.size(), 5u) << inspect.output;
+  EXPECT_EQ(train[1], "6");
+  EXPECT_EQ(train[2], "36");
+  EXPECT_EQ(val[1] + " " + val[2], "1 6");
+  EXPECT_EQ(test[1] + " " + test[2], "1 6");
   EXPECT_NE(line_with(inspect.output, "metric").find("(2,12)"), std::string::npos) << inspect.output;
   const Json ij = Json::parse(read_text_file(report));
   int64_t files = 0, windows = 0, corrupted = 0;
@@ -161,9 +194,8 @@ TEST_F(CliData, SynthInspectBaseline) {
 }
 
 TEST_F(CliData, SetOverridesTheConfig) {
-  const RunResult r =
-      run_csipose({"data", "synth", "--config", config_, "--out", data_, "--set", "layout=mmfi", "--set",
-                   "corruption.files=[]"});
+  const RunResult r = run_csipose(
+      {"data", "synth", "--config", config_, "--out", data_, "--set", "layout=mmfi", "--set", "corruption.files=[]"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(line_with(r.output, "wrote").find("mmfi layout, 8 files, 48 frames (0 corrupted)"), std::string::npos)
       << r.output;
@@ -190,8 +222,8 @@ TEST_F(CliData, ConfigErrors) {
   EXPECT_FALSE(fs::exists(data_));
 
   expect_one_line_error(run_csipose({"data", "synth", "--out", data_}), {"data synth", "--config"});
-  expect_one_line_error(run_csipose({"data", "synth", "--config", config_, "--out", data_, "--thread", "2"}),
-                        {"data synth", "--thread"});
+  expect_one_line_error(run_csipose({"data", "synth", "--config", config_, "--out", data_, "--bogus", "2"}),
+                        {"data synth", "--bogus"});
 }
 
 TEST_F(CliData, DatasetErrors) {

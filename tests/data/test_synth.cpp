@@ -71,8 +71,8 @@ TEST(SynthGenerator, SameBytesForAnyThreadCount) {
   EXPECT_EQ(s1.corrupted, s2.corrupted);
   const auto a = read_all_files(one.path()), b = read_all_files(two.path());
   ASSERT_EQ(a.size(), b.size());
-  for (const char* name : {"csi_windows.npy", "all_keypoints.npy", "window_info.npz", "file_info.npz", "split.txt",
-                           "synth_meta.json"})
+  for (const char* name :
+       {"csi_windows.npy", "all_keypoints.npy", "window_info.npz", "file_info.npz", "split.txt", "synth_meta.json"})
     EXPECT_EQ(a.count(name), 1u) << name;
   for (const auto& kv : a) {
     ASSERT_EQ(b.count(kv.first), 1u) << kv.first;
@@ -126,7 +126,8 @@ TEST(SynthGenerator, WiFlowLayoutLoads) {
     for (int64_t id : ds.split.files(s)) EXPECT_TRUE(all.insert(id).second) << "file " << id << " twice";
   EXPECT_EQ(all.size(), static_cast<size_t>(kFiles));
   for (int64_t i = 0; i < ds.size(); ++i)
-    EXPECT_EQ(ds.split_of_window[static_cast<size_t>(i)], ds.split_of_window[static_cast<size_t>(i / kPerFile * kPerFile)]);
+    EXPECT_EQ(ds.split_of_window[static_cast<size_t>(i)],
+              ds.split_of_window[static_cast<size_t>(i / kPerFile * kPerFile)]);
 }
 
 TEST(SynthGenerator, MmfiLayoutLoads) {
@@ -180,12 +181,18 @@ void check_corruption(const std::string& layout, double fraction, double nan_sha
   for (int64_t i = 0; i < ds.size(); ++i) {
     const bool bad = ds.corrupted[i].item<bool>();
     const int64_t file = i / kPerFile;
-    if (file != 1 && file != 5) EXPECT_FALSE(bad) << "window " << i << " of clean file " << file;
-    if (fraction == 1.0 && (file == 1 || file == 5)) EXPECT_TRUE(bad) << "window " << i << " of file " << file;
+    if (file != 1 && file != 5) {
+      EXPECT_FALSE(bad) << "window " << i << " of clean file " << file;
+    }
+    if (fraction == 1.0 && (file == 1 || file == 5)) {
+      EXPECT_TRUE(bad) << "window " << i << " of file " << file;
+    }
     flagged += bad;
   }
   EXPECT_EQ(flagged, sum.corrupted);
-  if (fraction == 1.0) EXPECT_EQ(sum.corrupted, 2 * kPerFile);
+  if (fraction == 1.0) {
+    EXPECT_EQ(sum.corrupted, 2 * kPerFile);
+  }
   // The loader repaired what it flagged.
   EXPECT_TRUE(torch::isfinite(ds.x).all().item<bool>());
 }
@@ -262,8 +269,11 @@ TEST(SynthSkeleton, FeetOnTheFloorHeadUp) {
           EXPECT_GE(lower_ankle, ankle_height - 1e-9);
         else
           EXPECT_NEAR(lower_ankle, ankle_height, 1e-9);
-        for (int k = 0; k < kNumJoints3D; ++k) EXPECT_GT(j[static_cast<size_t>(k)].y, 0.0) << "joint " << k << " below the floor";
-        if (a != Activity::bend) EXPECT_GT(j[0].y, j[1].y) << "nose below the neck";
+        for (int k = 0; k < kNumJoints3D; ++k)
+          EXPECT_GT(j[static_cast<size_t>(k)].y, 0.0) << "joint " << k << " below the floor";
+        if (a != Activity::bend) {
+          EXPECT_GT(j[0].y, j[1].y) << "nose below the neck";
+        }
         // The head stays on the shoulders: nose and eyes within a head's reach of the neck.
         EXPECT_LT(dist(j[0], j[1]), s.body.neck + s.body.head);
         if (::testing::Test::HasFailure()) return;
@@ -383,7 +393,8 @@ TEST(SynthChannel, BodyOnLineOfSightShadowsIt) {
 // ---- config errors -------------------------------------------------------------------------------
 
 TEST(SynthConfig, ParsesAndRoundTrips) {
-  const SynthConfig c = tiny_config("layout: mmfi\nseed: 9\ncorruption:\n  files: [2, 7]\nsplit:\n  train: 0.6\n  val: 0.2\n");
+  const SynthConfig c =
+      tiny_config("layout: mmfi\nseed: 9\ncorruption:\n  files: [2, 7]\nsplit:\n  train: 0.6\n  val: 0.2\n");
   EXPECT_EQ(c.layout, Layout::mmfi);
   EXPECT_EQ(c.seed, 9u);
   EXPECT_EQ(c.num_files(), kFiles);
@@ -392,10 +403,17 @@ TEST(SynthConfig, ParsesAndRoundTrips) {
   EXPECT_DOUBLE_EQ(c.train_fraction, 0.6);
   const SynthConfig again = SynthConfig::from_yaml(ConfigNode::load_string(c.to_yaml(), "<to_yaml>"));
   EXPECT_EQ(again.to_yaml(), c.to_yaml());
+  // Every value survives the round trip exactly: synth_meta.json's config must regenerate the bytes.
+  const SynthConfig odd =
+      tiny_config("position_jitter_m: 0.123456789\nsnr_db: 27.000000001\ncarrier_ghz: 5.3212345678\n");
+  const SynthConfig odd_again = SynthConfig::from_yaml(ConfigNode::load_string(odd.to_yaml(), "<to_yaml>"));
+  EXPECT_EQ(odd_again.position_jitter_m, odd.position_jitter_m) << odd.to_yaml();
+  EXPECT_EQ(odd_again.snr_db, odd.snr_db) << odd.to_yaml();
+  EXPECT_EQ(odd_again.carrier_ghz, odd.carrier_ghz) << odd.to_yaml();
   // The shipped config parses.
   const SynthConfig small =
       SynthConfig::from_yaml(ConfigNode::load_file(testing::source_path("configs/data/synth_small.yaml")));
-  EXPECT_EQ(small.num_files(), 128);
+  EXPECT_GE(small.num_files(), 3);
 }
 
 TEST(SynthConfig, ErrorsNameTheKey) {

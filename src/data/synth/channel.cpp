@@ -41,8 +41,8 @@ double segment_transmission(Vec3 a, Vec3 b, const std::vector<BodyBlob>& blobs, 
 RadioScene RadioScene::make(const SynthConfig& cfg, const std::vector<double>& tx_heights,
                             const std::vector<double>& rx_heights, int num_subcarriers, Rng& room_rng) {
   RadioScene s;
-  for (double h : tx_heights) s.tx.push_back({-1.9, h, 3.2});
-  for (double h : rx_heights) s.rx.push_back({1.9, h, 3.2});
+  for (double h : tx_heights) s.tx.push_back({-1.7, h, 1.7});
+  for (double h : rx_heights) s.rx.push_back({1.7, h, 4.7});
   // The room: x in [-3, 3], z in [0.4, 6.5], height 2.8 m. Reflectors sit on its surfaces.
   for (int64_t r = 0; r < cfg.reflectors; ++r) {
     Vec3 p;

@@ -28,8 +28,10 @@ struct RadioScene {
   double body_scatter = 1.0;
   double shadow_depth = 0.5;
 
-  /// Room and rig: tx array at x = -1.9 m, rx array at x = +1.9 m (z = 3.2 m, the subjects'
-  /// mean spot), antennas at the given heights; reflectors on the walls, floor and ceiling.
+  /// Room and rig: tx array at (-1.7, z 1.7) and rx array at (+1.7, z 4.7), so the line of sight
+  /// crosses the subjects' mean spot (0, 3.2) diagonally and both lateral and depth offsets change
+  /// which paths the body shadows; antennas at the given heights; reflectors on the walls, floor
+  /// and ceiling.
   static RadioScene make(const SynthConfig& cfg, const std::vector<double>& tx_heights,
                          const std::vector<double>& rx_heights, int num_subcarriers, Rng& room_rng);
   int num_links() const { return static_cast<int>(tx.size() * rx.size()); }

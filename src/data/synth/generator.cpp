@@ -91,9 +91,12 @@ SynthSummary generate_synthetic(const SynthConfig& cfg, const std::string& out_d
     Rng noise(cfg.seed, kNoiseStream + static_cast<uint64_t>(f.id));
     std::vector<float> packets(static_cast<size_t>(packets_per_file * features));
     const double t0 = noise.uniform(0.0, 10.0);
+    const float session_gain = static_cast<float>(std::pow(10.0, noise.uniform(-cfg.session_gain_db, cfg.session_gain_db) / 20.0));
     for (int64_t p = 0; p < packets_per_file; ++p) {
       const double t = t0 + static_cast<double>(p) / cfg.packet_rate_hz;
-      csi_amplitude(scene, body_blobs(pose_at(f.body, f.motion, t)), noise, packets.data() + p * features);
+      float* pk = packets.data() + p * features;
+      csi_amplitude(scene, body_blobs(pose_at(f.body, f.motion, t)), noise, pk);
+      for (int64_t c = 0; c < features; ++c) pk[c] *= session_gain;
     }
     for (int64_t w = 0; w < per_file; ++w) {
       const int64_t wi = f.id * per_file + w;

@@ -207,8 +207,10 @@ Pose3D pose_at(const Body& b, const Motion& m, double t) {
   auto arm = [&](int sh, int el, int wr, Vec3 side, double ab, double fl, double elbow) {
     const Vec3 d1 = limb_dir(trunk_up, side, trunk_fwd, ab, fl);
     j[el] = j[sh] + d1 * b.upper_arm;
-    // The elbow folds the forearm forwards-and-up (towards the trunk's up when the arm points forward).
-    const Vec3 towards = std::abs(dot(d1, trunk_fwd)) > 0.9 ? trunk_up : trunk_fwd;
+    // The elbow folds the forearm the way further shoulder flexion would move it (d d1 / d fl):
+    // forwards when the arm hangs, up when it points forward. Always orthogonal to d1 and continuous
+    // in fl (a hard switch between trunk_fwd and trunk_up made the wrist jump by centimetres).
+    const Vec3 towards = trunk_up * std::sin(fl) + trunk_fwd * std::cos(fl);
     j[wr] = j[el] + bend(d1, towards, elbow) * b.forearm;
   };
   arm(2, 3, 4, right, g.r_sh_ab, g.r_sh_fl, g.r_elbow);

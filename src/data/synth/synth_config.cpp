@@ -1,5 +1,6 @@
 #include "data/synth/synth_config.h"
 
+#include <charconv>
 #include <sstream>
 
 #include "common/config_node.h"
@@ -58,6 +59,7 @@ SynthConfig SynthConfig::from_yaml(const ConfigNode& n) {
   c.reflectors = n.get_int("reflectors", c.reflectors, 0, 64);
   c.snr_db = n.get_double("snr_db", c.snr_db, -10.0, 100.0);
   c.gain_jitter_db = n.get_double("gain_jitter_db", c.gain_jitter_db, 0.0, 10.0);
+  c.session_gain_db = n.get_double("session_gain_db", c.session_gain_db, 0.0, 20.0);
   c.body_scatter = n.get_double("body_scatter", c.body_scatter, 0.0, 100.0);
   c.shadow_depth = n.get_double("shadow_depth", c.shadow_depth, 0.0, 0.95);
   c.focal_px = n.get_double("focal_px", c.focal_px, 10.0, 1e5);
@@ -86,19 +88,31 @@ SynthConfig SynthConfig::from_yaml(const ConfigNode& n) {
   return c;
 }
 
+namespace {
+/// The shortest text that reads back as the same double: the resolved config in synth_meta.json
+/// must regenerate the same bytes (the stream default of 6 digits rounded 0.123456789 to 0.123457).
+std::string num(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+}  // namespace
+
 std::string SynthConfig::to_yaml() const {
   std::ostringstream o;
   o << "layout: " << csipose::to_string(layout) << "\nseed: " << seed << "\nsubjects: " << subjects << "\nactivities: [";
   for (size_t i = 0; i < activities.size(); ++i) o << (i ? ", " : "") << csipose::to_string(activities[i]);
   o << "]\nsessions: " << sessions << "\nwindows_per_file: " << windows_per_file << "\nwindow_stride: " << window_stride
-    << "\npacket_rate_hz: " << packet_rate_hz << "\ncarrier_ghz: " << carrier_ghz << "\nbandwidth_mhz: " << bandwidth_mhz
-    << "\nreflectors: " << reflectors << "\nsnr_db: " << snr_db << "\ngain_jitter_db: " << gain_jitter_db
-    << "\nbody_scatter: " << body_scatter << "\nshadow_depth: " << shadow_depth << "\nfocal_px: " << focal_px
-    << "\nimage_width_px: " << image_width_px << "\nimage_height_px: " << image_height_px
-    << "\nposition_jitter_m: " << position_jitter_m << "\ndrift_m: " << drift_m << "\ncorruption:\n  files: [";
+    << "\npacket_rate_hz: " << num(packet_rate_hz) << "\ncarrier_ghz: " << num(carrier_ghz)
+    << "\nbandwidth_mhz: " << num(bandwidth_mhz) << "\nreflectors: " << reflectors << "\nsnr_db: " << num(snr_db)
+    << "\ngain_jitter_db: " << num(gain_jitter_db) << "\nsession_gain_db: " << num(session_gain_db) << "\nbody_scatter: " << num(body_scatter)
+    << "\nshadow_depth: " << num(shadow_depth) << "\nfocal_px: " << num(focal_px)
+    << "\nimage_width_px: " << num(image_width_px) << "\nimage_height_px: " << num(image_height_px)
+    << "\nposition_jitter_m: " << num(position_jitter_m) << "\ndrift_m: " << num(drift_m)
+    << "\ncorruption:\n  files: [";
   for (size_t i = 0; i < corruption.files.size(); ++i) o << (i ? ", " : "") << corruption.files[i];
-  o << "]\n  window_fraction: " << corruption.window_fraction << "\n  nan_share: " << corruption.nan_share
-    << "\nsplit:\n  seed: " << split_seed << "\n  train: " << train_fraction << "\n  val: " << val_fraction << "\n";
+  o << "]\n  window_fraction: " << num(corruption.window_fraction) << "\n  nan_share: " << num(corruption.nan_share)
+    << "\nsplit:\n  seed: " << split_seed << "\n  train: " << num(train_fraction) << "\n  val: " << num(val_fraction) << "\n";
   return o.str();
 }
 

@@ -36,6 +36,7 @@ struct SynthConfig {
   int64_t reflectors = 6;          ///< static scatterers (walls, furniture) in the room
   double snr_db = 27.0;            ///< receiver noise relative to the line-of-sight amplitude
   double gain_jitter_db = 0.6;     ///< per-packet, per-receive-chain AGC gain jitter (std, dB)
+  double session_gain_db = 0.0;    ///< per-file gain offset, uniform in +-this (tx power / AGC state of a session)
   double body_scatter = 0.7;       ///< gain of the body's own scattered paths (speckle)
   double shadow_depth = 0.55;      ///< max attenuation a body part causes on a path it blocks
   // Camera that produces the labels.

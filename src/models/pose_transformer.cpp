@@ -1,0 +1,351 @@
+#include "models/pose_transformer.h"
+
+#include <torch/nn/init.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/utils.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
+#include "common/check.h"
+#include "common/config_node.h"
+
+namespace csipose {
+
+// ---- config -----------------------------------------------------------------------------------
+
+namespace {
+
+PoseTransformerConfig preset(int64_t d, int64_t layers, int64_t heads, int64_t head_hidden, int64_t graph_hidden,
+                             int64_t joint_embed) {
+  PoseTransformerConfig c;
+  c.d_model = d;
+  c.layers = layers;
+  c.heads = heads;
+  c.head_hidden = head_hidden;
+  c.graph_hidden = graph_hidden;
+  c.joint_embed = joint_embed;
+  return c;
+}
+
+struct Preset {
+  const char* name;
+  PoseTransformerConfig config;
+};
+
+// MODELS.md section 2: (d, L, H, head hidden, graph hidden, joint embed).
+const std::vector<Preset>& presets() {
+  static const std::vector<Preset> table = {
+      {"pose_nano",
+       preset(/*d=*/48, /*layers=*/1, /*heads=*/2, /*head_hidden=*/48, /*graph_hidden=*/0, /*joint_embed=*/0)},
+      {"pose_micro", preset(64, 1, 2, 64, 64, 0)},
+      {"pose_tiny", preset(96, 2, 4, 96, 64, 0)},
+      {"pose_small", preset(128, 2, 4, 128, 64, 0)},
+      {"pose_base", preset(160, 3, 4, 160, 64, 0)},
+      {"pose_flagship", preset(256, 4, 8, 256, 96, 32)},
+  };
+  return table;
+}
+
+// The shortest of 15..17 significant digits that reads back as the same double.
+std::string format_double(double v) {
+  char buf[32];
+  for (int precision = 15; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+}  // namespace
+
+PoseTransformerConfig pose_transformer_preset(const std::string& name) {
+  std::string names;
+  for (const auto& p : presets()) {
+    if (name == p.name) return p.config;
+    names += (names.empty() ? "" : ", ") + std::string(p.name);
+  }
+  fail("unknown pose-transformer preset \"", name, "\"; expected one of: ", names);
+}
+
+const std::vector<std::string>& pose_transformer_preset_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& p : presets()) out.emplace_back(p.name);
+    return out;
+  }();
+  return names;
+}
+
+PoseTransformerConfig::Problem PoseTransformerConfig::first_problem() const {
+  auto positive = [](const char* field, int64_t v) -> Problem {
+    if (v > 0) return {};
+    return {field, str_cat("must be a positive integer (got ", v, ")")};
+  };
+  auto probability = [](const char* field, double v) -> Problem {
+    if (std::isfinite(v) && v >= 0.0 && v < 1.0) return {};
+    return {field, str_cat("must be a probability in [0, 1) (got ", format_double(v), ")")};
+  };
+  for (const Problem& p : {positive("d_model", d_model), positive("layers", layers), positive("heads", heads),
+                           positive("ff_mult", ff_mult), probability("dropout", dropout),
+                           positive("head_hidden", head_hidden), probability("head_dropout", head_dropout),
+                           positive("keypoints", keypoints), positive("antennas", antennas),
+                           positive("subcarriers", subcarriers), positive("packets", packets)})
+    if (!p.field.empty()) return p;
+  if (d_model % heads != 0)
+    return {"heads", str_cat("must divide d_model = ", d_model, " (got ", heads, ")")};
+  if (graph_hidden < 0)
+    return {"graph_hidden", str_cat("must be >= 0 (0 = no graph refinement) (got ", graph_hidden, ")")};
+  if (joint_embed < 0) return {"joint_embed", str_cat("must be >= 0 (0 = none) (got ", joint_embed, ")")};
+  if (joint_embed > 0 && graph_hidden == 0)
+    return {"joint_embed", str_cat("needs graph refinement (graph_hidden > 0), but graph_hidden = 0 (got ",
+                                   joint_embed, ")")};
+  if (graph_hidden > 0 && keypoints != 17)
+    return {"keypoints", str_cat("graph refinement uses the COCO-17 skeleton and needs 17 (got ", keypoints, ")")};
+  if (!std::isfinite(refine_scale) || refine_scale < 0.0)
+    return {"refine_scale", str_cat("must be a finite number >= 0 (got ", format_double(refine_scale), ")")};
+  return {};
+}
+
+void PoseTransformerConfig::validate() const {
+  const Problem p = first_problem();
+  if (!p.field.empty()) fail("pose_transformer: ", p.field, ": ", p.message);
+}
+
+PoseTransformerConfig PoseTransformerConfig::from_yaml(const ConfigNode& n, const PoseTransformerConfig& base) {
+  PoseTransformerConfig c = base;
+  c.d_model = n.get<int64_t>("d_model", c.d_model);
+  c.layers = n.get<int64_t>("layers", c.layers);
+  c.heads = n.get<int64_t>("heads", c.heads);
+  c.ff_mult = n.get<int64_t>("ff_mult", c.ff_mult);
+  c.dropout = n.get<double>("dropout", c.dropout);
+  c.head_hidden = n.get<int64_t>("head_hidden", c.head_hidden);
+  c.head_dropout = n.get<double>("head_dropout", c.head_dropout);
+  c.graph_hidden = n.get<int64_t>("graph_hidden", c.graph_hidden);
+  c.joint_embed = n.get<int64_t>("joint_embed", c.joint_embed);
+  c.keypoints = n.get<int64_t>("keypoints", c.keypoints);
+  c.antennas = n.get<int64_t>("antennas", c.antennas);
+  c.subcarriers = n.get<int64_t>("subcarriers", c.subcarriers);
+  c.packets = n.get<int64_t>("packets", c.packets);
+  c.refine_scale = n.get<double>("refine_scale", c.refine_scale);
+  const Problem p = c.first_problem();
+  if (!p.field.empty()) n.error(p.field, p.message);
+  return c;
+}
+
+PoseTransformerConfig PoseTransformerConfig::from_yaml(const ConfigNode& n) {
+  return from_yaml(n, PoseTransformerConfig());
+}
+
+std::string PoseTransformerConfig::to_yaml() const {
+  std::ostringstream o;
+  o << "d_model: " << d_model << "\nlayers: " << layers << "\nheads: " << heads << "\nff_mult: " << ff_mult
+    << "\ndropout: " << format_double(dropout) << "\nhead_hidden: " << head_hidden
+    << "\nhead_dropout: " << format_double(head_dropout) << "\ngraph_hidden: " << graph_hidden
+    << "\njoint_embed: " << joint_embed << "\nkeypoints: " << keypoints << "\nantennas: " << antennas
+    << "\nsubcarriers: " << subcarriers << "\npackets: " << packets
+    << "\nrefine_scale: " << format_double(refine_scale) << "\n";
+  return o.str();
+}
+
+int64_t PoseTransformerConfig::parameter_count() const {
+  const int64_t d = d_model, T = tokens(), F = token_dim(), ff = ff_mult * d_model, hh = head_hidden;
+  const int64_t K = keypoints, g = graph_hidden, e = joint_embed;
+  auto linear = [](int64_t in, int64_t out) { return in * out + out; };
+  const int64_t layer = linear(d, 3 * d) + linear(d, d) + linear(d, ff) + linear(ff, d) + 4 * d;
+  int64_t n = T * d + linear(F, d) + layers * layer + linear(d, 1) + linear(d, hh) + linear(hh, 2 * K);
+  if (g > 0) n += K * e + linear(d + e + 2, g) + 2 * linear(g, g) + linear(g, 2);
+  return n;
+}
+
+int64_t PoseTransformerConfig::macs_per_sample() const {
+  const int64_t d = d_model, T = tokens(), F = token_dim(), ff = ff_mult * d_model, hh = head_hidden;
+  const int64_t K = keypoints, g = graph_hidden, e = joint_embed;
+  const int64_t layer = 3 * T * d * d      // in_proj
+                        + 2 * T * T * d    // q k^T and weights @ v over all heads
+                        + T * d * d        // out_proj
+                        + 2 * T * d * ff;  // linear1, linear2
+  int64_t macs = T * F * d + layers * layer + 2 * T * d /* att + weighted sum */ + d * hh + hh * 2 * K;
+  if (g > 0) macs += K * (d + e + 2) * g + 2 * (K * K * g + K * g * g) + K * g * 2;
+  return macs;
+}
+
+const std::vector<std::pair<int64_t, int64_t>>& coco17_bones() {
+  static const std::vector<std::pair<int64_t, int64_t>> bones = {
+      {0, 1}, {0, 2}, {1, 3}, {2, 4}, {5, 6}, {5, 7}, {7, 9}, {6, 8},
+      {8, 10}, {5, 11}, {6, 12}, {11, 12}, {11, 13}, {13, 15}, {12, 14}, {14, 16}};
+  return bones;
+}
+
+torch::Tensor coco17_normalized_adjacency() {
+  torch::Tensor a = torch::eye(17, torch::kFloat32);
+  auto acc = a.accessor<float, 2>();
+  for (const auto& [i, j] : coco17_bones()) {
+    acc[i][j] = 1.0f;
+    acc[j][i] = 1.0f;
+  }
+  return a / a.sum(/*dim=*/1, /*keepdim=*/true);
+}
+
+torch::Tensor standardize_per_sample(const torch::Tensor& x) {
+  CSIPOSE_CHECK(x.dim() >= 1 && x.size(0) > 0, "standardize_per_sample: expected (N, ...) with N > 0, got ", x.sizes());
+  const torch::Tensor flat = x.reshape({x.size(0), -1});
+  const int64_t n = flat.size(1);
+  CSIPOSE_CHECK(n >= 2, "standardize_per_sample: need at least 2 values per sample, got ", n);
+  const torch::Tensor mean = flat.mean(/*dim=*/1, /*keepdim=*/true);
+  const torch::Tensor centered = flat - mean;
+  // Unbiased (Bessel-corrected) standard deviation, as torch.std's default.
+  const torch::Tensor std = (centered.pow(2).sum(/*dim=*/1, /*keepdim=*/true) / static_cast<double>(n - 1)).sqrt();
+  return (centered / (std + 1e-6)).view(x.sizes());
+}
+
+// ---- attention and encoder layers -------------------------------------------------------------
+
+PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, double dropout)
+    : heads_(heads), dropout_(dropout) {
+  CSIPOSE_CHECK(heads > 0 && d_model % heads == 0, "PoseSelfAttention: heads = ", heads,
+                " must divide d_model = ", d_model);
+  in_proj_weight = register_parameter("in_proj_weight", torch::empty({3 * d_model, d_model}));
+  in_proj_bias = register_parameter("in_proj_bias", torch::empty({3 * d_model}));
+  out_proj = register_module("out_proj", torch::nn::Linear(d_model, d_model));
+  // nn.MultiheadAttention._reset_parameters (out_proj.weight keeps Linear's default init).
+  torch::NoGradGuard no_grad;
+  torch::nn::init::xavier_uniform_(in_proj_weight);
+  torch::nn::init::zeros_(in_proj_bias);
+  torch::nn::init::zeros_(out_proj->bias);
+}
+
+torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
+  const auto qkv = torch::nn::functional::linear(x, in_proj_weight, in_proj_bias).chunk(3, /*dim=*/-1);
+  // (N, T, d) -> (N, H, T, hd)
+  auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
+  const torch::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
+  torch::Tensor w = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (N, H, T, T)
+  w = torch::softmax(w, /*dim=*/-1);
+  w = torch::dropout(w, dropout_, is_training());
+  const torch::Tensor o = torch::matmul(w, v).transpose(1, 2).reshape({N, T, d});  // (N, T, d)
+  return out_proj(o);
+}
+
+PoseEncoderLayerImpl::PoseEncoderLayerImpl(int64_t d_model, int64_t heads, int64_t dim_feedforward, double p) {
+  self_attn = register_module("self_attn", PoseSelfAttention(d_model, heads, p));
+  linear1 = register_module("linear1", torch::nn::Linear(d_model, dim_feedforward));
+  dropout = register_module("dropout", torch::nn::Dropout(p));
+  linear2 = register_module("linear2", torch::nn::Linear(dim_feedforward, d_model));
+  norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model}).eps(1e-5)));
+  norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model}).eps(1e-5)));
+  dropout1 = register_module("dropout1", torch::nn::Dropout(p));
+  dropout2 = register_module("dropout2", torch::nn::Dropout(p));
+}
+
+torch::Tensor PoseEncoderLayerImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = norm1(x + dropout1(self_attn(x)));
+  // GELU exact (erf form): torch::gelu's default on LibTorch 1.13 and 2.x.
+  return norm2(h + dropout2(linear2(dropout(torch::gelu(linear1(h))))));
+}
+
+PoseEncoderImpl::PoseEncoderImpl(int64_t num_layers, int64_t d_model, int64_t heads, int64_t dim_feedforward,
+                                 double dropout) {
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < num_layers; ++i)
+    layers->push_back(PoseEncoderLayer(d_model, heads, dim_feedforward, dropout));
+  // nn.TransformerEncoder deep-copies one layer: all layers start from layer 0's weights.
+  torch::NoGradGuard no_grad;
+  const auto first = layers[0]->named_parameters(/*recurse=*/true);
+  for (size_t i = 1; i < layers->size(); ++i)
+    for (auto& p : layers[i]->named_parameters(/*recurse=*/true)) p.value().copy_(first[p.key()]);
+}
+
+torch::Tensor PoseEncoderImpl::forward(torch::Tensor x) {
+  for (size_t i = 0; i < layers->size(); ++i) x = layers->ptr<PoseEncoderLayerImpl>(i)->forward(x);
+  return x;
+}
+
+// ---- graph refinement -------------------------------------------------------------------------
+
+PoseGraphRefineImpl::PoseGraphRefineImpl(int64_t d_model, int64_t hidden, int64_t joint_embed, int64_t keypoints,
+                                         double refine_scale)
+    : refine_scale_(refine_scale) {
+  CSIPOSE_CHECK(keypoints == 17, "PoseGraphRefine: the COCO-17 skeleton needs 17 keypoints, got ", keypoints);
+  if (joint_embed > 0) {
+    je = register_parameter("je", torch::empty({keypoints, joint_embed}));
+    torch::NoGradGuard no_grad;
+    torch::nn::init::normal_(je, /*mean=*/0.0, /*std=*/0.02);
+  }
+  inp = register_module("inp", torch::nn::Linear(d_model + joint_embed + 2, hidden));
+  g1 = register_module("g1", torch::nn::Linear(hidden, hidden));
+  g2 = register_module("g2", torch::nn::Linear(hidden, hidden));
+  out = register_module("out", torch::nn::Linear(hidden, 2));
+  adjacency_ = coco17_normalized_adjacency();
+}
+
+torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::Tensor& kp0) {
+  const int64_t N = z.size(0), K = kp0.size(1);
+  // A is not a registered buffer (it must stay out of the state dict), so Module::to() does not
+  // move it: follow the input here instead (once per device / dtype change).
+  if (adjacency_.device() != z.device() || adjacency_.scalar_type() != z.scalar_type())
+    adjacency_ = adjacency_.to(z.device(), z.scalar_type());
+  std::vector<torch::Tensor> parts{z.unsqueeze(1).expand({N, K, z.size(1)})};  // (N, K, d)
+  if (je.defined()) parts.push_back(je.unsqueeze(0).expand({N, K, je.size(1)}));  // (N, K, e)
+  parts.push_back(kp0);                                                              // (N, K, 2)
+  torch::Tensor f = torch::relu(inp(torch::cat(parts, /*dim=*/-1)));                 // (N, K, g)
+  f = torch::relu(g1(torch::matmul(adjacency_, f)));
+  f = torch::relu(g2(torch::matmul(adjacency_, f)));
+  return kp0 + refine_scale_ * torch::tanh(out(f));
+}
+
+// ---- the model --------------------------------------------------------------------------------
+
+PoseTransformerImpl::PoseTransformerImpl(const PoseTransformerConfig& config) : config_(config) {
+  config_.validate();
+  const auto& c = config_;
+  const int64_t d = c.d_model;
+  // Registration order = state-dict order of the PyTorch reference.
+  pos = register_parameter("pos", torch::empty({1, c.tokens(), d}));
+  {
+    torch::NoGradGuard no_grad;
+    torch::nn::init::normal_(pos, /*mean=*/0.0, /*std=*/0.02);
+  }
+  proj = register_module("proj", torch::nn::Linear(c.token_dim(), d));
+  tf = register_module("tf", PoseEncoder(c.layers, d, c.heads, c.ff_mult * d, c.dropout));
+  att = register_module("att", torch::nn::Linear(d, 1));
+  head = register_module("head", torch::nn::Sequential(torch::nn::Linear(d, c.head_hidden), torch::nn::GELU(),
+                                                        torch::nn::Dropout(c.head_dropout),
+                                                        torch::nn::Linear(c.head_hidden, 2 * c.keypoints)));
+  if (c.graph_hidden > 0)
+    gr = register_module("gr", PoseGraphRefine(d, c.graph_hidden, c.joint_embed, c.keypoints, c.refine_scale));
+}
+
+std::vector<int64_t> PoseTransformerImpl::input_shape() const {
+  return {config_.antennas, config_.subcarriers, config_.packets};
+}
+
+torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
+  const auto& c = config_;
+  CSIPOSE_CHECK(x.dim() == 4 && x.size(1) == c.antennas && x.size(2) == c.subcarriers && x.size(3) == c.packets,
+                "pose_transformer: expected input (N, ", c.antennas, ", ", c.subcarriers, ", ", c.packets, "), got ",
+                x.sizes());
+  const int64_t N = x.size(0);
+  const torch::Tensor tokens = standardize_per_sample(x).permute({0, 3, 1, 2}).reshape({N, c.tokens(), c.token_dim()});
+  const torch::Tensor h = tf(proj(tokens) + pos);              // (N, T, d)
+  const torch::Tensor w = torch::softmax(att(h), /*dim=*/1);  // (N, T, 1)
+  return (w * h).sum(/*dim=*/1);                              // (N, d)
+}
+
+torch::Tensor PoseTransformerImpl::keypoints0(const torch::Tensor& z) {
+  return torch::sigmoid(head->forward(z)).view({z.size(0), config_.keypoints, 2});
+}
+
+torch::Tensor PoseTransformerImpl::forward_coarse(const torch::Tensor& x) { return keypoints0(encode(x)); }
+
+torch::Tensor PoseTransformerImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor z = encode(x);
+  const torch::Tensor kp0 = keypoints0(z);
+  return gr ? gr(z, kp0) : kp0;
+}
+
+}  // namespace csipose
