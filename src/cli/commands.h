@@ -18,6 +18,9 @@ int data_synth(const Args& args);
 int data_inspect(const Args& args);
 int score(const Args& args);
 int baseline(const Args& args);
+int models(const Args& args);
+int weights(const Args& args);
+int predict(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();
