@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "common/config_node.h"
+#include "common/json.h"
 #include "data/npy_torch.h"
 #include "models/checkpoint.h"
 #include "models/registry.h"
