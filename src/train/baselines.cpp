@@ -48,7 +48,7 @@ RidgeModel fit_ridge(const PoseDataset& ds, const RidgeOptions& options) {
   RidgeModel m;
   auto x = flat_features(ds.x, train_idx);
   m.x_mean = x.mean(0);
-  m.x_scale = x.std(0, /*unbiased=*/false).clamp_min(1e-8);
+  m.x_scale = (x - m.x_mean).square().mean(0).sqrt().clamp_min(1e-8);  // population std
   x = (x - m.x_mean) / m.x_scale;
   auto y = ds.y.index_select(0, index_tensor(train_idx)).flatten(1).to(torch::kFloat64);
   m.bias = y.mean(0);

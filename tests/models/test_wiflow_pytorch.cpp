@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "data/npy_torch.h"
 #include "models/safetensors.h"
 #include "models/wiflow.h"
 #include "testing.h"
@@ -37,60 +38,6 @@ constexpr double kTolerance = 1e-5;
   if (!testing::system_python_has_torch()) \
   GTEST_SKIP() << kSystemPython << " cannot import torch; WiFlow PyTorch cross-check skipped"
 
-// ---- .npy (format 1.0, little-endian float32, C order) -------------------------------------------
-
-void write_npy(const std::string& path, const torch::Tensor& t) {
-  const torch::Tensor c = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
-  std::string shape = "(";
-  for (int64_t i = 0; i < c.dim(); ++i) shape += std::to_string(c.size(i)) + (c.dim() == 1 || i + 1 < c.dim() ? "," : "");
-  shape += ")";
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }";
-  const size_t unpadded = 10 + header.size() + 1;  // magic(6) + version(2) + length(2) + header + '\n'
-  header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
-  std::ofstream f(path, std::ios::binary);
-  f.write("\x93NUMPY\x01\x00", 8);
-  const uint16_t n = static_cast<uint16_t>(header.size());
-  const char len[2] = {static_cast<char>(n & 0xff), static_cast<char>(n >> 8)};
-  f.write(len, 2);
-  f.write(header.data(), static_cast<std::streamsize>(header.size()));
-  f.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * sizeof(float)));
-  ASSERT_TRUE(f.good()) << "writing " << path;
-}
-
-/// Reads a float32 C-order .npy written by numpy.save; throws std::runtime_error otherwise.
-torch::Tensor read_npy(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(path + ": cannot open");
-  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) throw std::runtime_error(path + ": not .npy");
-  const int major = static_cast<unsigned char>(bytes[6]);
-  size_t header_len, start;
-  if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
-    start = 10;
-  } else {
-    header_len = 0;
-    for (int i = 0; i < 4; ++i) header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
-    start = 12;
-  }
-  const std::string header = bytes.substr(start, header_len);
-  if (header.find("'descr': '<f4'") == std::string::npos || header.find("'fortran_order': False") == std::string::npos)
-    throw std::runtime_error(path + ": expected little-endian float32 in C order, header " + header);
-  const size_t open = header.find('(', header.find("'shape'")), close = header.find(')', open);
-  std::vector<int64_t> shape;
-  std::stringstream dims(header.substr(open + 1, close - open - 1));
-  for (std::string d; std::getline(dims, d, ',');)
-    if (d.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(d));
-  int64_t numel = 1;
-  for (int64_t d : shape) numel *= d;
-  const size_t data = start + header_len;
-  if (bytes.size() - data != static_cast<size_t>(numel) * sizeof(float))
-    throw std::runtime_error(path + ": data size does not match the shape");
-  torch::Tensor t = torch::empty(shape, torch::kFloat32);
-  std::memcpy(t.data_ptr(), bytes.data() + data, bytes.size() - data);
-  return t;
-}
-
 // ---- the model under test and the reference run --------------------------------------------------
 
 std::string list_json(const std::vector<int64_t>& v) {
@@ -108,25 +55,43 @@ std::string config_json(const WiFlowConfig& c) {
   return o.str();
 }
 
-/// A model from `config` with seeded initialization, every BatchNorm given random affine
-/// parameters and running statistics (var in [0.5, 2]), in eval mode.
-WiFlow make_model(const WiFlowConfig& config, uint64_t seed) {
+/// A model from `config` with seeded initialization and non-trivial BatchNorms, in eval mode.
+///
+/// Random BN statistics alone (mean ~ 0, var in [0.5, 2]) leave a freshly initialized WiFlow
+/// input-independent: the un-normalized activations shrink ~3x per layer, and by the attention the
+/// output varies by < 1e-7 between inputs, so a comparison would check little beyond biases. So
+/// every BN first gets a random affine (weight in [0.5, 1.5], bias ~ N(0, 0.2)), then its running
+/// statistics are calibrated on one random batch (train mode, momentum 1, dropout 0), then made
+/// non-trivial: var *= U(0.5, 2), mean += N(0, 0.2) * sqrt(var).
+WiFlow make_model(WiFlowConfig config, uint64_t seed) {
   torch::manual_seed(seed);
+  config.dropout = 0;  // training-only; keeps the calibration pass deterministic
+  config.dropout2d = 0;
   WiFlow model(config);
   torch::NoGradGuard no_grad;
-  int bn_count = 0;
+  std::vector<torch::nn::BatchNormImplBase<1, torch::nn::BatchNorm1dImpl>*> bn1d;
+  std::vector<torch::nn::BatchNormImplBase<2, torch::nn::BatchNorm2dImpl>*> bn2d;
   for (const auto& m : model->modules(/*include_self=*/false)) {
-    auto randomize = [&](auto* bn) {
-      bn->weight.uniform_(0.5, 1.5);
-      bn->bias.normal_(0.0, 0.2);
-      bn->running_mean.normal_(0.0, 0.2);
-      bn->running_var.uniform_(0.5, 2.0);
-      ++bn_count;
-    };
-    if (auto* bn1 = m->as<torch::nn::BatchNorm1dImpl>()) randomize(bn1);
-    if (auto* bn2 = m->as<torch::nn::BatchNorm2dImpl>()) randomize(bn2);
+    if (auto* bn = m->as<torch::nn::BatchNorm1dImpl>()) bn1d.push_back(bn);
+    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) bn2d.push_back(bn);
   }
-  EXPECT_GT(bn_count, 30);
+  EXPECT_GT(bn1d.size() + bn2d.size(), 30u);
+  auto for_each_bn = [&](const auto& f) {
+    for (auto* bn : bn1d) f(*bn);
+    for (auto* bn : bn2d) f(*bn);
+  };
+  for_each_bn([](auto& bn) {
+    bn.weight.uniform_(0.5, 1.5);
+    bn.bias.normal_(0.0, 0.2);
+    bn.options.momentum(1.0);
+  });
+  model->train();
+  model->forward(torch::randn({32, config.input_channels, config.time_steps}));
+  for_each_bn([](auto& bn) {
+    bn.options.momentum(0.1);
+    bn.running_var.mul_(torch::empty_like(bn.running_var).uniform_(0.5, 2.0));
+    bn.running_mean.add_(torch::randn_like(bn.running_mean) * 0.2 * bn.running_var.sqrt());
+  });
   model->eval();
   return model;
 }
@@ -146,7 +111,7 @@ Comparison compare_with_pytorch(WiFlow model, uint64_t input_seed, const std::st
   const torch::Tensor x = torch::randn({4, c.input_channels, c.time_steps});
   save_safetensors(dir.file("weights.safetensors"), state_dict(*model));
   testing::write_file(dir.file("config.json"), config_json(c));
-  write_npy(dir.file("x.npy"), x);
+  save_npy(dir.file("x.npy"), x.to(torch::kFloat32));
   {
     torch::NoGradGuard no_grad;
     out.ours = model->forward(x);
@@ -173,7 +138,7 @@ Comparison compare_with_pytorch(WiFlow model, uint64_t input_seed, const std::st
     return out;
   }
   try {
-    out.reference = read_npy(dir.file("y.npy"));
+    out.reference = load_npy(dir.file("y.npy")).to(torch::kFloat32);
   } catch (const std::exception& e) {
     ADD_FAILURE() << e.what() << "\nscript output:\n" << output;
     return out;
@@ -193,11 +158,12 @@ void expect_matches(const std::string& preset, const WiFlowConfig& config, uint6
   ASSERT_GE(r.max_diff, 0.0) << "no reference output";
   // The comparison means something only if the output is neither constant nor degenerate.
   EXPECT_TRUE(torch::isfinite(r.ours).all().item<bool>());
-  EXPECT_GT((r.ours - r.ours.mean()).abs().max().item<double>(), 1e-3) << "output is (nearly) constant";
+  const double spread = (r.ours - r.ours.narrow(0, 0, 1)).abs().max().item<double>();
+  EXPECT_GT(spread, 1e-2) << "the output barely depends on the input";
   EXPECT_LT(r.max_diff, kTolerance) << preset << ": max |ours - PyTorch| = " << r.max_diff << " (tolerance "
                                     << kTolerance << ")";
-  std::printf("[ WiFlowPyTorch ] %s: max |ours - PyTorch| = %.3g, max |output| = %.3g\n", preset.c_str(),
-              r.max_diff, r.ours.abs().max().item<double>());
+  std::printf("[ WiFlowPyTorch ] %s: max |ours - PyTorch| = %.3g, max |output| = %.3g, max spread over inputs %.3g\n",
+              preset.c_str(), r.max_diff, r.ours.abs().max().item<double>(), spread);
 }
 
 TEST(WiFlowPyTorch, HalfMatchesReference) {
