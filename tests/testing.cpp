@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <gtest/gtest.h>
+
 #include "common/check.h"
 
 namespace csipose::testing {
@@ -57,6 +59,29 @@ void write_file(const std::string& path, const std::string& text) {
   if (p.has_parent_path()) fs::create_directories(p.parent_path());
   std::ofstream out(path, std::ios::binary);
   out << text;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a csipose::Error";
+  return "";
+}
+
+std::string line_with(const std::string& output, const std::string& prefix) {
+  size_t start = 0;
+  while (start < output.size()) {
+    size_t end = output.find('\n', start);
+    if (end == std::string::npos) end = output.size();
+    const std::string line = output.substr(start, end - start);
+    const size_t first = line.find_first_not_of(' ');
+    if (first != std::string::npos && line.compare(first, prefix.size(), prefix) == 0) return line;
+    start = end + 1;
+  }
+  return "";
 }
 
 }  // namespace csipose::testing

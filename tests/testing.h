@@ -1,5 +1,6 @@
 #pragma once
 // Test helpers: scratch directories and running the csipose binary.
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,5 +32,11 @@ std::string source_path(const std::string& relative);
 
 /// Writes text to a file (creating parent directories).
 void write_file(const std::string& path, const std::string& text);
+
+/// The message of the csipose::Error that `f` throws ("" and a test failure when it does not).
+std::string error_of(const std::function<void()>& f);
+
+/// The line of `output` that starts (after spaces) with `prefix`, or "" when none does.
+std::string line_with(const std::string& output, const std::string& prefix);
 
 }  // namespace csipose::testing

@@ -32,19 +32,7 @@ const char* kTinyConfig =
     "  files: [2]\n"
     "  window_fraction: 1.0\n";
 
-/// The line of `output` that starts (after spaces) with `prefix`, or "" when none does.
-std::string line_with(const std::string& output, const std::string& prefix) {
-  size_t start = 0;
-  while (start < output.size()) {
-    size_t end = output.find('\n', start);
-    if (end == std::string::npos) end = output.size();
-    const std::string line = output.substr(start, end - start);
-    const size_t first = line.find_first_not_of(' ');
-    if (first != std::string::npos && line.compare(first, prefix.size(), prefix) == 0) return line;
-    start = end + 1;
-  }
-  return "";
-}
+using testing::line_with;
 
 /// Whitespace-separated words of a line.
 std::vector<std::string> words_of(const std::string& line) {

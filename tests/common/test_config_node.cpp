@@ -18,16 +18,7 @@ ConfigNode load(const std::string& yaml, const std::vector<std::string>& overrid
   return ConfigNode::load_string(yaml, "cfg.yaml", overrides);
 }
 
-/// The message of the csipose::Error thrown by `f` ("" and a test failure when none is thrown).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 enum class Granularity { per_tensor, per_channel };
 constexpr std::initializer_list<std::pair<const char*, Granularity>> kGranularity = {

@@ -12,18 +12,12 @@
 
 #include "common/check.h"
 
+#include "testing.h"
+
 namespace csipose {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 TEST(Json, BuildAndDumpOneLine) {
   Json j = Json::object();

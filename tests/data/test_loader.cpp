@@ -20,15 +20,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::TempDir;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 constexpr int64_t kSamples = 23;
 

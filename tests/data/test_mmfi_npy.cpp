@@ -24,15 +24,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using testing::TempDir;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 constexpr int64_t kFrames = 5;
 constexpr int64_t kAnt = 3, kSub = 114, kPkt = 10;

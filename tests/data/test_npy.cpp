@@ -103,16 +103,7 @@ std::string npy_image(const std::string& dict, const std::string& data, int majo
   return out + dict + data;
 }
 
-/// The message of the csipose::Error that `f` throws ("" and a test failure when it does not).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 // ---- numpy via Debian's python ---------------------------------------------------------------
 

@@ -22,16 +22,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::TempDir;
 
-/// The message of the csipose::Error that `f` throws ("" and a test failure when it does not).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 std::vector<int64_t> iota_ids(int64_t n, int64_t first = 0) {
   std::vector<int64_t> ids(static_cast<size_t>(n));

@@ -26,15 +26,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using testing::TempDir;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 std::string file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

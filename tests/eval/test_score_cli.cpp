@@ -36,19 +36,7 @@ Arrays two_samples() {
   return {pred, gt};
 }
 
-/// The line of `output` that starts (after spaces) with `prefix`, or "" when none does.
-std::string line_with(const std::string& output, const std::string& prefix) {
-  size_t start = 0;
-  while (start < output.size()) {
-    size_t end = output.find('\n', start);
-    if (end == std::string::npos) end = output.size();
-    const std::string line = output.substr(start, end - start);
-    const size_t first = line.find_first_not_of(' ');
-    if (first != std::string::npos && line.compare(first, prefix.size(), prefix) == 0) return line;
-    start = end + 1;
-  }
-  return "";
-}
+using testing::line_with;
 
 /// A failed run: non-zero exit and exactly one line, "error: ..." containing `part`.
 void expect_one_line_error(const testing::RunResult& r, const std::string& part) {

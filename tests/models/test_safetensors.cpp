@@ -99,15 +99,7 @@ namespace {
 
 using testing::TempDir;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a csipose::Error";
-  return "";
-}
+using testing::error_of;
 
 #define SKIP_WITHOUT_TORCH_PYTHON()           \
   if (!testing::system_python_has_torch()) \
