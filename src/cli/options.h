@@ -22,7 +22,9 @@ inline bool parse_options(const std::string& command, const std::string& usage, 
   po::positional_options_description pos;
   for (const auto& p : positional) pos.add(p.c_str(), 1);
   try {
-    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+    // No prefix guessing: `--thread 2` must be an error, not silently `--threads 2`.
+    const auto style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    po::store(po::command_line_parser(args).options(desc).positional(pos).style(style).run(), vm);
     if (vm.count("help")) {
       std::cout << "usage: csipose " << command << " " << usage << "\n\n" << desc << "\n";
       return false;
