@@ -212,6 +212,10 @@ TEST_F(CliData, ConfigErrors) {
   expect_one_line_error(run_csipose({"data", "synth", "--out", data_}), {"data synth", "--config"});
   expect_one_line_error(run_csipose({"data", "synth", "--config", config_, "--out", data_, "--bogus", "2"}),
                         {"data synth", "--bogus"});
+  // A prefix of a real option is not guessed: `--thread` is a typo, not `--threads`.
+  expect_one_line_error(run_csipose({"data", "synth", "--config", config_, "--out", data_, "--thread", "2"}),
+                        {"data synth", "unrecognised option '--thread'"});
+  EXPECT_FALSE(fs::exists(data_));
 }
 
 TEST_F(CliData, DatasetErrors) {
