@@ -38,10 +38,8 @@ static std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
-RunResult run_csipose(const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(CSIPOSE_BINARY);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " 2>&1 </dev/null";
+RunResult run_command(const std::string& command) {
+  const std::string cmd = command + " 2>&1 </dev/null";
   FILE* pipe = ::popen(cmd.c_str(), "r");
   CSIPOSE_CHECK(pipe != nullptr, "popen failed for ", cmd);
   std::string output;
@@ -50,6 +48,12 @@ RunResult run_csipose(const std::vector<std::string>& args) {
   while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) output.append(buf.data(), n);
   const int status = ::pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+RunResult run_csipose(const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(CSIPOSE_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  return run_command(cmd);
 }
 
 std::string source_path(const std::string& relative) { return std::string(CSIPOSE_SOURCE_DIR) + "/" + relative; }

@@ -24,6 +24,9 @@ struct RunResult {
   std::string output;  ///< stdout and stderr together
 };
 
+/// Runs a shell command line (stdin from /dev/null, stderr merged into the output).
+RunResult run_command(const std::string& command);
+
 /// Runs the csipose binary with the given arguments (shell-quoted for you).
 RunResult run_csipose(const std::vector<std::string>& args);
 

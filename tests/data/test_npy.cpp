@@ -122,15 +122,8 @@ bool have_numpy() {
 testing::RunResult run_python(const TempDir& dir, const std::string& body) {
   const std::string script = dir.file("script.py");
   testing::write_file(script, std::string(kPythonPattern) + body);
-  const std::string cmd = std::string(kPython) + " '" + script + "' 2>&1";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) output.append(buf, n);
-  const int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const std::string cmd = std::string(kPython) + " '" + script + "'";
+  return testing::run_command(cmd);
 }
 
 void expect_pattern(const NpyArray& a, DType d, const std::vector<int64_t>& shape, const std::string& what) {

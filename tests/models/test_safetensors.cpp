@@ -81,15 +81,8 @@ def st_write(path, tensors, meta=None):
 RunResult run_system_python(const TempDir& dir, const std::string& body) {
   const std::string script = dir.file("script.py");
   write_file(script, std::string(kPythonSafetensors) + body);
-  const std::string cmd = std::string("env -u PYTHONPATH -u PYTHONHOME ") + kPython + " '" + script + "' 2>&1";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) output.append(buf, n);
-  const int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const std::string cmd = std::string("env -u PYTHONPATH -u PYTHONHOME ") + kPython + " '" + script + "'";
+  return testing::run_command(cmd);
 }
 
 }  // namespace csipose::testing

@@ -122,17 +122,9 @@ Comparison compare_with_pytorch(WiFlow model, uint64_t input_seed, const std::st
                     dir.file("config.json") + "' --weights '" + dir.file("weights.safetensors") + "' --input '" +
                     dir.file("x.npy") + "' --output '" + dir.file("y.npy") + "'";
   if (!perturb.empty()) cmd += " --perturb '" + perturb + "'";
-  cmd += " 2>&1";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (pipe == nullptr) {
-    ADD_FAILURE() << "popen failed: " << cmd;
-    return out;
-  }
-  std::string output;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
-  const int status = ::pclose(pipe);
-  const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const testing::RunResult run = testing::run_command(cmd);
+  const std::string& output = run.output;
+  const int rc = run.exit_code;
   if (rc != 0) {
     ADD_FAILURE() << "wiflow_ref.py exited with " << rc << ":\n" << output << "\ncommand: " << cmd;
     return out;
