@@ -1,5 +1,7 @@
 #include "testing.h"
 
+#include <cstdlib>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +88,19 @@ std::string line_with(const std::string& output, const std::string& prefix) {
     start = end + 1;
   }
   return "";
+}
+
+bool system_python_has_torch() {
+  static const bool ok = std::system((std::string("env -u PYTHONPATH -u PYTHONHOME ") + kSystemPython +
+                                      " -c 'import torch' >/dev/null 2>&1")
+                                         .c_str()) == 0;
+  return ok;
+}
+
+RunResult run_python_script(const TempDir& dir, const std::string& script) {
+  const std::string path = dir.file("script.py");
+  write_file(path, script);
+  return run_command("cd '" + dir.path() + "' && env -u PYTHONPATH -u PYTHONHOME " + kSystemPython + " '" + path + "'");
 }
 
 }  // namespace csipose::testing

@@ -30,6 +30,13 @@ RunResult run_command(const std::string& command);
 /// Runs the csipose binary with the given arguments (shell-quoted for you).
 RunResult run_csipose(const std::vector<std::string>& args);
 
+/// Debian's python3 with python3-torch: the interpreter of the PyTorch cross-checks.
+constexpr const char* kSystemPython = "/usr/bin/python3";
+/// True when kSystemPython can import torch (cross-checks skip otherwise).
+bool system_python_has_torch();
+/// Writes `script` to a file in `dir` and runs it there with kSystemPython (PYTHONPATH unset).
+RunResult run_python_script(const TempDir& dir, const std::string& script);
+
 /// Path of a file in the source tree ("configs/data/synth_small.yaml").
 std::string source_path(const std::string& relative);
 

@@ -22,7 +22,6 @@
 namespace csipose::testing {
 // Defined in test_safetensors.cpp (same binary).
 extern const char* const kPythonSafetensors;
-bool system_python_has_torch();
 RunResult run_system_python(const TempDir& dir, const std::string& body);
 }  // namespace csipose::testing
 

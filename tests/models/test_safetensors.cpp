@@ -20,14 +20,7 @@ namespace csipose::testing {
 
 // ---- Debian's python with torch (shared with test_pose_transformer.cpp, same binary) ----------
 
-constexpr const char* kPython = "/usr/bin/python3";
-
-bool system_python_has_torch() {
-  static const bool ok =
-      std::system((std::string("env -u PYTHONPATH -u PYTHONHOME ") + kPython + " -c 'import torch' >/dev/null 2>&1")
-                      .c_str()) == 0;
-  return ok;
-}
+constexpr const char* kPython = kSystemPython;
 
 /// safetensors by hand, for the scripts: st_read(path) -> (tensors, metadata, header, header_len);
 /// st_write(path, tensors, metadata) writes names in reverse order with "__metadata__" last and

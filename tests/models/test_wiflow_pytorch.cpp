@@ -21,11 +21,6 @@
 #include "models/wiflow.h"
 #include "testing.h"
 
-namespace csipose::testing {
-// Defined in test_safetensors.cpp (same binary).
-bool system_python_has_torch();
-}  // namespace csipose::testing
-
 namespace csipose {
 namespace {
 
