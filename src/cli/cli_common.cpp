@@ -10,6 +10,9 @@ const std::vector<Command>& commands() {
       {"baseline", "fit and score the mean-pose and ridge-regression baselines on a dataset", baseline},
       {"models", "list the model presets: parameters, bytes, shapes, MACs per sample", models},
       {"weights", "init | export | import: checkpoints and PyTorch-named safetensors weights", weights},
+      {"train", "train a model from an experiment YAML into a run directory; --resume continues exactly", train},
+      {"eval", "evaluate a checkpoint on a split under the locked metric (cpu or cuda), write result JSON", evaluate},
+      {"train-bench", "time training steps of a model preset on resident synthetic data (samples/s as JSON)", train_bench},
       {"predict", "run a checkpoint over an input .npy in batches (cpu or cuda)", predict},
   };
   return table;

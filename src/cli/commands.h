@@ -21,6 +21,9 @@ int baseline(const Args& args);
 int models(const Args& args);
 int weights(const Args& args);
 int predict(const Args& args);
+int train(const Args& args);
+int evaluate(const Args& args);
+int train_bench(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "common/check.h"
+#include "common/device.h"
 
 using csipose::cli::Args;
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
     return words.empty() ? 2 : 0;
   }
   try {
+    csipose::configure_threads();
     // Commands are one or two words ("score", "data synth"); the longest match wins.
     for (size_t n : {2u, 1u}) {
       if (words.size() < n) continue;

@@ -1,5 +1,10 @@
 #include "common/device.h"
 
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <thread>
+
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -18,6 +23,15 @@ c10::Device parse_device(const std::string& text) {
     return text == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(text);
   }
   fail("--device: unknown value \"", text, "\"; expected one of: cpu, cuda, cuda:N, auto");
+}
+
+int configure_threads() {
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (env == nullptr || *env == '\0') {
+    const unsigned n = std::thread::hardware_concurrency();
+    if (n > 0 && static_cast<unsigned>(at::get_num_threads()) < n) at::set_num_threads(static_cast<int>(n));
+  }
+  return at::get_num_threads();
 }
 
 std::string torch_description() {

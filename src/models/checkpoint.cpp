@@ -19,9 +19,14 @@ std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, to
 }  // namespace
 
 void save_checkpoint(const std::string& path, const ModelConfig& config, const PoseModelImpl& model,
-                     const std::map<std::string, std::string>& extra) {
+                     const std::map<std::string, std::string>& extra,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& extra_tensors) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& kv : state_dict(model)) tensors.emplace_back("model." + kv.first, kv.second);
+  for (const auto& kv : extra_tensors) {
+    CSIPOSE_CHECK(kv.first.rfind("model.", 0) != 0, "checkpoint: extra tensor name ", kv.first, " collides with the model section");
+    tensors.push_back(kv);
+  }
   std::map<std::string, std::string> meta = extra;
   meta["magic"] = kCheckpointMagic;
   meta["format_version"] = std::to_string(kCheckpointVersion);
@@ -53,6 +58,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     fail(path, ": ", e.what());
   }
   ck.model->eval();
+  for (auto& kv : file.tensors)
+    if (kv.first.rfind("model.", 0) != 0) ck.extra.emplace(kv.first, kv.second);
   ck.metadata = std::move(file.metadata);
   return ck;
 }

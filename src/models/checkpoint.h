@@ -6,6 +6,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "models/registry.h"
 
@@ -18,11 +20,14 @@ struct Checkpoint {
   ModelConfig config;
   std::shared_ptr<PoseModelImpl> model;        ///< in eval mode, on CPU
   std::map<std::string, std::string> metadata; ///< everything in the file's metadata
+  /// Tensors outside "model." (training state: "optim.", "ema.", ...), names as stored.
+  std::map<std::string, torch::Tensor> extra;
 };
 
 /// Writes atomically. `extra` metadata is stored beside the csipose keys.
 void save_checkpoint(const std::string& path, const ModelConfig& config, const PoseModelImpl& model,
-                     const std::map<std::string, std::string>& extra = {});
+                     const std::map<std::string, std::string>& extra = {},
+                     const std::vector<std::pair<std::string, torch::Tensor>>& extra_tensors = {});
 /// Reads and validates (magic, version, config, strict state dict). Clear one-line errors for a
 /// missing file, a corrupt file, a plain weight file, a newer format version, a shape mismatch.
 Checkpoint load_checkpoint(const std::string& path);

@@ -1,0 +1,245 @@
+// csipose train | eval | train-bench
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "common/atomic_file.h"
+#include "common/config_node.h"
+#include "common/device.h"
+#include "data/loader.h"
+#include "models/checkpoint.h"
+#include "train/optim.h"
+#include "train/run_dir.h"
+#include "train/trainer.h"
+
+namespace csipose::cli {
+namespace {
+
+void print_settings(const ExperimentConfig& c, const PoseDataset& data, const Trainer& t, const std::string& dir) {
+  const auto& tr = c.train;
+  std::printf("run        %s  (%s)\n", c.name.c_str(), dir.c_str());
+  std::printf("model      %s, %lld params\n", c.model.preset.empty() ? to_string(c.model.type) : c.model.preset.c_str(),
+              static_cast<long long>(count_parameters(const_cast<Trainer&>(t).model())));
+  std::printf("data       %s (%s, %lld windows, train subset %s)\n", data.root.c_str(), to_string(data.layout),
+              static_cast<long long>(data.size()), c.data.train_subset.c_str());
+  std::printf("device     %s, %d threads, %s\n", t.device().str().c_str(), torch::get_num_threads(), torch_description().c_str());
+  std::printf("optimizer  %s lr %g betas (%g, %g) wd %g, clip %g, batch %lld, %lld steps/epoch\n",
+              to_string(tr.optimizer.type), tr.optimizer.lr, tr.optimizer.beta1, tr.optimizer.beta2,
+              tr.optimizer.weight_decay, tr.grad_clip, static_cast<long long>(tr.batch_size),
+              static_cast<long long>(t.steps_per_epoch()));
+  std::printf("schedule   %s, %lld epochs, warmup %g epochs, min lr %g\n", to_string(tr.schedule.type),
+              static_cast<long long>(tr.epochs), tr.schedule.warmup_epochs, tr.schedule.min_lr);
+  std::printf("extras     ema %g, mixup alpha %g, augment %s, early stop %s, best by %s, tta %zu view(s)\n",
+              tr.ema.decay, tr.mixup.alpha, tr.augment.enabled() ? "on" : "off",
+              tr.early_stopping.patience > 0 ? tr.early_stopping.monitor.metric.c_str() : "off", tr.best.metric.c_str(),
+              tr.tta.views.size());
+  std::printf("seed       %llu, code %s\n", static_cast<unsigned long long>(c.seed), CSIPOSE_GIT_SHA);
+  std::fflush(stdout);
+}
+
+void print_metrics_table(const std::vector<const PoseMetrics*>& rows) {
+  if (rows.empty()) return;
+  std::printf("%-12s %7s", "split", "N");
+  for (double t : rows[0]->spec.thresholds) std::printf(" %8s", pck_name(t).c_str());
+  std::printf(" %10s\n", "MPJPE");
+  for (const PoseMetrics* m : rows) {
+    std::printf("%-12s %7lld", (m->split + "/" + m->subset).c_str(), static_cast<long long>(m->num_samples));
+    for (double p : m->pck) std::printf(" %7.2f%%", 100.0 * p);
+    std::printf(" %10.6f\n", m->mpjpe);
+  }
+}
+
+}  // namespace
+
+int train(const Args& args) {
+  po::options_description desc("options");
+  std::string config, run_dir, resume, device, init_from;
+  std::vector<std::string> sets;
+  int64_t stop_after = 0;
+  desc.add_options()
+      ("config", po::value(&config), "experiment config (configs/train/*.yaml)")
+      ("set", po::value(&sets)->composing(), "override a config key: --set train.epochs=5 (repeatable)")
+      ("run-dir", po::value(&run_dir), "run directory (default experiments/<name>)")
+      ("resume", po::value(&resume), "continue the run in this directory exactly where its last checkpoint ends")
+      ("device", po::value(&device), "cpu | cuda | cuda:N | auto (default: the config's device)")
+      ("init-from", po::value(&init_from), "start from these weights (checkpoint or weight file): a new run, not a resume")
+      ("stop-after", po::value(&stop_after)->default_value(0),
+       "stop after this many epochs in this invocation (0 = run to the end); continue later with --resume");
+  po::variables_map vm;
+  if (!parse_options("train", "--config FILE [--set k=v ...] [--run-dir D] | --resume D", desc, args, vm)) return 0;
+  CSIPOSE_CHECK(config.empty() != resume.empty(), "train: give either --config (a new run) or --resume DIR");
+  CSIPOSE_CHECK(resume.empty() || (sets.empty() && init_from.empty() && run_dir.empty()),
+                "train: --resume continues a run with its own config.yaml; --set, --init-from and --run-dir start "
+                "a new run (use --config)");
+  CSIPOSE_CHECK(stop_after >= 0, "train: --stop-after must be >= 0, got ", stop_after);
+
+  ExperimentConfig cfg = resume.empty() ? ExperimentConfig::load(config, sets) : RunDir::open(resume).config();
+  const c10::Device dev = parse_device(device.empty() ? cfg.device : device);
+  const std::string dir = !resume.empty() ? resume : !run_dir.empty() ? run_dir : "experiments/" + cfg.name;
+  const PoseDataset data = open_run_dataset(cfg.data);
+  Trainer trainer(cfg, data, dev);
+  RunDir rd = resume.empty() ? RunDir::create(dir, cfg, dev) : RunDir::open(dir);
+  if (!resume.empty()) {
+    if (rd.has_last()) trainer.load(rd.last_checkpoint());
+    rd.truncate_metrics(trainer.state().epoch);
+    rd.record_invocation("resume", dev, trainer.state().epoch);
+  } else if (!init_from.empty()) {
+    trainer.init_weights_from(init_from);
+  }
+  print_settings(cfg, data, trainer, dir);
+  if (trainer.state().epoch > 0)
+    std::printf("resuming after epoch %lld (step %lld)\n", static_cast<long long>(trainer.state().epoch),
+                static_cast<long long>(trainer.state().step));
+  fit(trainer, rd, stop_after);
+  if (!trainer.finished()) {
+    std::printf("stopped after epoch %lld of %lld; continue with: csipose train --resume %s\n",
+                static_cast<long long>(trainer.state().epoch), static_cast<long long>(cfg.train.epochs), dir.c_str());
+    return 0;
+  }
+  const Json report = rd.write_report(trainer, data);
+  const auto best = report.at("training");
+  std::printf("best epoch %lld (%s = %.4f); test with %zu view(s):\n", static_cast<long long>(best.at("best_epoch").as_int()),
+              best.at("best_metric").as_string().c_str(), best.at("best_value").as_double(), cfg.train.tta.views.size());
+  const PoseMetrics full = PoseMetrics::from_json(report.at("test").at("full"));
+  const PoseMetrics clean = PoseMetrics::from_json(report.at("test").at("clean"));
+  print_metrics_table({&full, &clean});
+  std::printf("metric: %s\nreport: %s/report.md\n", data.spec.describe().c_str(), dir.c_str());
+  return 0;
+}
+
+int evaluate(const Args& args) {
+  po::options_description desc("options");
+  std::string checkpoint, data_dir, split, device, json, split_file;
+  std::vector<std::string> views;
+  int64_t batch = 256;
+  desc.add_options()
+      ("checkpoint", po::value(&checkpoint)->required(), "a csipose checkpoint (training, best or weights init)")
+      ("data", po::value(&data_dir), "dataset directory (default: the one the checkpoint was trained on)")
+      ("split-file", po::value(&split_file)->default_value(""), "split list (default: DIR/split.txt or seed 42)")
+      ("split", po::value(&split)->default_value("test"), "train | val | test")
+      ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N | auto")
+      ("batch-size", po::value(&batch)->default_value(256), "evaluation batch size")
+      ("tta", po::value(&views)->multitoken(), "test-time views: identity scale:F shift:K (default identity)")
+      ("json", po::value(&json)->default_value(""), "write the result JSON here");
+  po::variables_map vm;
+  if (!parse_options("eval", "--checkpoint C [--data DIR] [--split test] [--device cpu|cuda]", desc, args, vm)) return 0;
+  CSIPOSE_CHECK(batch > 0, "eval: --batch-size must be > 0, got ", batch);
+  ModelConfig mc;
+  std::map<std::string, std::string> meta;
+  auto model = load_eval_model(checkpoint, &mc, &meta);
+  DataConfig dc;
+  if (data_dir.empty()) {
+    auto it = meta.find("experiment_config");
+    CSIPOSE_CHECK(it != meta.end(), "eval: ", checkpoint, " does not name its dataset; pass --data DIR");
+    dc = ExperimentConfig::parse(it->second, checkpoint + " [experiment_config]").data;
+  } else {
+    dc.root = data_dir;
+    dc.synth.clear();
+  }
+  if (!split_file.empty()) dc.split_file = split_file;
+  if (views.empty()) views = {"identity"};
+  for (const auto& v : views) {  // validate through the same rules as the config's tta.views
+    TtaConfig probe = TtaConfig::from_yaml(ConfigNode::load_string("views: [" + json_quote(v) + "]", "--tta"));
+    (void)probe;
+  }
+  const PoseDataset data = open_run_dataset(dc);
+  const Split s = parse_split(split);
+  const c10::Device dev = parse_device(device);
+  model->to(dev);
+  const EvalSet set(data, s, dev, batch);
+  const PoseLoss loss(skeleton_bones(data.spec.skeleton), data.num_joints());
+  const auto t0 = std::chrono::steady_clock::now();
+  const EvalMetrics m = set.evaluate(*model, loss, views);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("checkpoint %s (%s, weights %s) on %s\n", checkpoint.c_str(),
+              mc.preset.empty() ? to_string(mc.type) : mc.preset.c_str(),
+              meta.count("eval_weights") ? meta["eval_weights"].c_str() : "model", dev.str().c_str());
+  print_metrics_table({&m.full, &m.clean});
+  std::printf("metric: %s\n", data.spec.describe().c_str());
+  if (!json.empty()) {
+    Json j = Json::object();
+    j.set("checkpoint", checkpoint).set("data", data.root).set("device", dev.str()).set("seconds", secs);
+    j.set("model", mc.preset.empty() ? std::string(to_string(mc.type)) : mc.preset);
+    j.set("metric_definition", data.spec.describe()).set("result", m.to_json());
+    write_text_atomic(json, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+int train_bench(const Args& args) {
+  po::options_description desc("options");
+  std::string preset, device;
+  int64_t batch = 64, steps = 30, warmup = 5, threads = 0, resident = 2048;
+  desc.add_options()
+      ("model", po::value(&preset)->required(), "model preset or model config file")
+      ("batch-size", po::value(&batch)->default_value(64), "batch size")
+      ("steps", po::value(&steps)->default_value(30), "timed training steps")
+      ("warmup", po::value(&warmup)->default_value(5), "untimed steps first")
+      ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N")
+      ("threads", po::value(&threads)->default_value(0), "intra-op threads (0 = LibTorch default)")
+      ("samples", po::value(&resident)->default_value(2048), "size of the resident synthetic set");
+  po::variables_map vm;
+  if (!parse_options("train-bench", "--model PRESET [--batch-size 64] [--steps 30] [--device cpu|cuda]", desc, args, vm))
+    return 0;
+  CSIPOSE_CHECK(batch > 1 && steps > 0 && warmup >= 0 && resident >= batch,
+                "train-bench: needs --batch-size > 1, --steps > 0, --warmup >= 0, --samples >= --batch-size");
+  if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+  const c10::Device dev = parse_device(device);
+  const ModelConfig mc = resolve_model_config(preset);
+  torch::manual_seed(0);
+  auto model = make_model(mc);
+  model->to(dev);
+  model->train();
+  // The same work as bench/train_reference.py: resident data, index-gathered batches, PoseLoss,
+  // backward, clip 1.0, AdamW(1e-3, wd 0.01).
+  std::vector<int64_t> shape{resident};
+  for (int64_t d : model->input_shape()) shape.push_back(d);
+  const auto opts = torch::TensorOptions().device(dev);
+  const auto x = mc.type == ModelType::wiflow ? torch::randn(shape, opts) * 0.3 + 0.5 : torch::rand(shape, opts);
+  const auto y = torch::rand({resident, model->num_keypoints(), 2}, opts);
+  const PoseLoss loss(skeleton_bones(mc.type == ModelType::wiflow ? "body25_15" : "coco17"), model->num_keypoints());
+  OptimizerConfig oc;
+  oc.lr = 1e-3;
+  oc.weight_decay = 0.01;
+  const auto params = optimizer_params(*model, true);
+  Optimizer opt(oc, params);
+  torch::Tensor perm;
+  int64_t pos = resident;
+  auto step = [&] {
+    if (pos + batch > resident) {
+      perm = torch::randperm(resident, torch::TensorOptions().dtype(torch::kInt64).device(dev));
+      pos = 0;
+    }
+    const auto idx = perm.narrow(0, pos, batch);
+    pos += batch;
+    const auto l = loss(model->forward(x.index_select(0, idx)), y.index_select(0, idx));
+    opt.zero_grad();
+    l.backward();
+    clip_grad_norm(params, 1.0);
+    opt.step(1e-3);
+  };
+  auto sync = [&] {
+    // A device-to-host copy waits for the stream (torch::cuda::synchronize is not in LibTorch 1.13).
+    if (dev.is_cuda()) (void)torch::zeros({1}, opts).cpu();
+  };
+  for (int64_t i = 0; i < warmup; ++i) step();
+  sync();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) step();
+  sync();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  Json j = Json::object();
+  j.set("impl", "csipose").set("model", preset).set("device", dev.str()).set("batch_size", batch).set("steps", steps);
+  j.set("warmup", warmup).set("threads", static_cast<int64_t>(torch::get_num_threads()));
+  j.set("samples_per_s", static_cast<double>(steps * batch) / secs).set("step_ms", 1000.0 * secs / static_cast<double>(steps));
+  j.set("torch", TORCH_VERSION);
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace csipose::cli

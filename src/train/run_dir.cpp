@@ -1,0 +1,217 @@
+#include "train/run_dir.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/atomic_file.h"
+#include "common/check.h"
+#include "common/device.h"
+#include "common/progress.h"
+#include "models/checkpoint.h"
+#include "models/pose_model.h"
+#include "models/safetensors.h"
+
+namespace csipose {
+namespace fs = std::filesystem;
+namespace {
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  return "unknown CPU";
+}
+
+std::string pct(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * v);
+  return buf;
+}
+
+std::string fixed(double v, int digits) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+}  // namespace
+
+std::string machine_description() {
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + " (" + std::to_string(std::thread::hardware_concurrency()) + " cpus, " + cpu_model() + ")";
+}
+
+RunDir RunDir::create(const std::string& dir, const ExperimentConfig& config, c10::Device device) {
+  CSIPOSE_CHECK(!fs::exists(fs::path(dir) / "config.yaml"), "run directory ", dir,
+                " already holds a run; continue it with --resume ", dir, " or choose another --run-dir");
+  fs::create_directories(fs::path(dir) / "checkpoints");
+  write_text_atomic((fs::path(dir) / "config.yaml").string(), config.to_yaml());
+  Json run = Json::object();
+  run.set("name", config.name).set("seed", config.seed).set("git_sha", CSIPOSE_GIT_SHA);
+  run.set("csipose_version", CSIPOSE_VERSION).set("torch", torch_description());
+  run.set("machine", machine_description()).set("threads", static_cast<int64_t>(torch::get_num_threads()));
+  run.set("created", utc_now()).set("invocations", Json::array());
+  write_text_atomic((fs::path(dir) / "run.json").string(), run.dump(2) + "\n");
+  RunDir r(dir, config);
+  r.record_invocation("start", device, 0);
+  return r;
+}
+
+RunDir RunDir::open(const std::string& dir) {
+  const auto cfg = fs::path(dir) / "config.yaml";
+  CSIPOSE_CHECK(fs::is_regular_file(cfg), dir, " is not a run directory (no config.yaml)");
+  return RunDir(dir, ExperimentConfig::load(cfg.string()));
+}
+
+std::string RunDir::last_checkpoint() const { return (fs::path(dir_) / "checkpoints" / "last.safetensors").string(); }
+std::string RunDir::best_checkpoint() const { return (fs::path(dir_) / "checkpoints" / "best.safetensors").string(); }
+bool RunDir::has_last() const { return fs::is_regular_file(last_checkpoint()); }
+
+void RunDir::truncate_metrics(int64_t epoch) const {
+  const auto path = (fs::path(dir_) / "metrics.jsonl").string();
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_text_file(path));
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    Json j;
+    try {
+      j = Json::parse(line);
+    } catch (const Error&) {
+      continue;  // a line torn by a crash mid-write; its epoch is repeated
+    }
+    if (j.at("epoch").as_int() <= epoch) kept += line + "\n";
+  }
+  write_text_atomic(path, kept);
+}
+
+void RunDir::record_invocation(const std::string& kind, c10::Device device, int64_t epoch) const {
+  const auto path = (fs::path(dir_) / "run.json").string();
+  Json run = Json::parse(read_text_file(path));
+  Json list = run.at("invocations");
+  Json entry = Json::object();
+  entry.set("kind", kind).set("time", utc_now()).set("device", device.str()).set("from_epoch", epoch);
+  entry.set("git_sha", CSIPOSE_GIT_SHA).set("machine", machine_description());
+  list.push(entry);
+  run.set("invocations", list);
+  write_text_atomic(path, run.dump(2) + "\n");
+}
+
+void RunDir::on_epoch_end(Trainer& trainer, const EpochStats& stats, const EvalMetrics& val, bool is_best) {
+  const auto& st = trainer.state();
+  Json line = stats.to_json();
+  line.set("step", st.step);
+  Json monitor = Json::object();
+  monitor.set("metric", trainer.config().train.best.metric).set("value", val.value(trainer.config().train.best));
+  monitor.set("best", is_best);
+  line.set("monitor", monitor).set("stopped_early", st.stopped_early);
+  line.set("val", val.to_json());
+  // The metrics line first, then the checkpoints: a crash in between leaves a line whose
+  // checkpoint is missing, which --resume drops (truncate_metrics) before repeating the epoch.
+  const auto path = (fs::path(dir_) / "metrics.jsonl").string();
+  {
+    std::ofstream out(path, std::ios::app);
+    out << line.dump() << "\n";
+    CSIPOSE_CHECK(out.good(), "cannot append to ", path);
+  }
+  if (is_best) {
+    std::map<std::string, std::string> m;
+    m["kind"] = "best";
+    m["epoch"] = std::to_string(st.epoch);
+    m["monitor"] = monitor.dump();
+    m["val"] = val.to_json().dump();
+    m["experiment_config"] = trainer.config().to_yaml();
+    save_checkpoint(best_checkpoint(), trainer.config().model, trainer.eval_model(), m);
+  }
+  trainer.save(last_checkpoint());
+  if (!stderr_is_tty()) return;
+  std::fprintf(stderr, "epoch %3lld  loss %.5f  val/clean %s %s  %s  %.0f samples/s%s\n",
+               static_cast<long long>(stats.epoch), stats.loss, pck_name(0.2).c_str(),
+               pct(val.clean.pck.size() > 1 ? val.clean.pck[1] : 0.0).c_str(), ("lr " + fixed(stats.lr_last, 6)).c_str(),
+               stats.samples_per_s, is_best ? "  *best" : "");
+}
+
+Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
+  const auto& cfg = trainer.config();
+  CSIPOSE_CHECK(fs::is_regular_file(best_checkpoint()), dir_, ": no best checkpoint to report on");
+  Checkpoint best = load_checkpoint(best_checkpoint());
+  best.model->to(trainer.device());
+  const int64_t bs = cfg.train.eval_batch_size;
+  const EvalSet test(data, Split::test, trainer.device(), bs), val(data, Split::val, trainer.device(), bs);
+  const EvalMetrics test_m = test.evaluate(*best.model, trainer.loss(), cfg.train.tta.views);
+  const EvalMetrics val_m = val.evaluate(*best.model, trainer.loss(), {"identity"});
+  const auto& st = trainer.state();
+
+  Json r = Json::object();
+  r.set("run", cfg.name).set("git_sha", CSIPOSE_GIT_SHA).set("torch", torch_description());
+  r.set("machine", machine_description()).set("device", trainer.device().str());
+  Json model = Json::object();
+  model.set("preset", cfg.model.preset).set("family", best.model->family());
+  model.set("params", count_parameters(*best.model));
+  int64_t bytes = 0;
+  for (const auto& kv : state_dict(*best.model)) bytes += kv.second.numel() * kv.second.element_size();
+  model.set("fp32_bytes", bytes).set("macs_per_sample", best.model->macs_per_sample());
+  r.set("model", model);
+  Json ds = Json::object();
+  ds.set("root", data.root).set("layout", to_string(data.layout)).set("windows", data.size());
+  ds.set("train_windows", static_cast<int64_t>(data.indices(Split::train, cfg.data.train_subset == "clean" ? Subset::clean : Subset::full).size()));
+  ds.set("train_subset", cfg.data.train_subset).set("val_windows", val.size()).set("test_windows", test.size());
+  ds.set("test_clean_windows", test.num_clean());
+  r.set("dataset", ds);
+  r.set("metric", data.spec.to_json()).set("metric_definition", data.spec.describe());
+  Json training = Json::object();
+  training.set("epochs_run", st.epoch).set("epochs_configured", cfg.train.epochs).set("steps", st.step);
+  training.set("stopped_early", st.stopped_early).set("train_seconds", st.train_seconds);
+  training.set("best_epoch", st.best_epoch).set("best_metric", cfg.train.best.metric);
+  training.set("best_value", st.best_value ? Json(*st.best_value) : Json());
+  training.set("eval_weights", cfg.train.ema.enabled() ? "ema" : "model");
+  r.set("training", training);
+  r.set("val", val_m.to_json()).set("test", test_m.to_json());
+  write_text_atomic((fs::path(dir_) / "report.json").string(), r.dump(2) + "\n");
+
+  std::ostringstream md;
+  md << "# Run " << cfg.name << "\n\n";
+  md << "- model: " << (cfg.model.preset.empty() ? to_string(cfg.model.type) : cfg.model.preset) << ", "
+     << count_parameters(*best.model) << " parameters, " << bytes << " bytes fp32\n";
+  md << "- data: " << data.root << " (" << to_string(data.layout) << ", " << data.size() << " windows; test "
+     << test.size() << " full / " << test.num_clean() << " clean)\n";
+  md << "- training: " << st.epoch << "/" << cfg.train.epochs << " epochs" << (st.stopped_early ? " (early stop)" : "")
+     << ", " << fixed(st.train_seconds, 1) << " s, best epoch " << st.best_epoch << " by " << cfg.train.best.metric
+     << ", weights " << (cfg.train.ema.enabled() ? "EMA" : "raw") << "\n";
+  md << "- code " << CSIPOSE_GIT_SHA << ", " << torch_description() << ", device " << trainer.device().str() << "\n";
+  md << "- metric: " << data.spec.describe() << "\n";
+  md << "- test views (TTA): ";
+  for (size_t i = 0; i < test_m.views.size(); ++i) md << (i ? ", " : "") << test_m.views[i];
+  md << "\n\n| split/subset | N |";
+  for (double t : data.spec.thresholds) md << " " << pck_name(t) << " |";
+  md << " MPJPE |\n|---|---|";
+  for (size_t i = 0; i < data.spec.thresholds.size(); ++i) md << "---|";
+  md << "---|\n";
+  for (const PoseMetrics* m : {&val_m.full, &val_m.clean, &test_m.full, &test_m.clean}) {
+    md << "| " << m->split << "/" << m->subset << " | " << m->num_samples << " |";
+    for (double p : m->pck) md << " " << pct(p) << " |";
+    md << " " << fixed(m->mpjpe, 6) << " |\n";
+  }
+  write_text_atomic((fs::path(dir_) / "report.md").string(), md.str());
+  return r;
+}
+
+}  // namespace csipose
