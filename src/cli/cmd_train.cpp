@@ -11,6 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/config_node.h"
 #include "common/device.h"
+#include "common/version.h"
 #include "data/loader.h"
 #include "models/checkpoint.h"
 #include "train/optim.h"
@@ -38,7 +39,7 @@ void print_settings(const ExperimentConfig& c, const PoseDataset& data, const Tr
               tr.ema.decay, tr.mixup.alpha, tr.augment.enabled() ? "on" : "off",
               tr.early_stopping.patience > 0 ? tr.early_stopping.monitor.metric.c_str() : "off", tr.best.metric.c_str(),
               tr.tta.views.size());
-  std::printf("seed       %llu, code %s\n", static_cast<unsigned long long>(c.seed), CSIPOSE_GIT_SHA);
+  std::printf("seed       %llu, code %s\n", static_cast<unsigned long long>(c.seed), git_sha());
   std::fflush(stdout);
 }
 

@@ -45,7 +45,7 @@ void Ema::update(const torch::nn::Module& model) {
   CSIPOSE_CHECK(current.size() == shadow_.size(), "EMA: model has ", current.size(), " tensors, EMA holds ",
                 shadow_.size());
   for (size_t i = 0; i < shadow_.size(); ++i) {
-    if (is_param_[i] && shadow_[i].is_floating_point()) shadow_[i].mul_(d).add_(current[i].second, 1.0 - d);
+    if (shadow_[i].is_floating_point()) shadow_[i].mul_(d).add_(current[i].second, 1.0 - d);
     else shadow_[i].copy_(current[i].second);
   }
   ++updates_;

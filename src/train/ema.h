@@ -1,8 +1,11 @@
 #pragma once
 // Exponential moving average of a model's weights, the weights that are evaluated when enabled:
 //   d = warmup ? min(decay, (1 + n) / (10 + n)) : decay      (n = updates before this one)
-//   shadow = d * shadow + (1 - d) * param        for every parameter
-//   shadow = buffer                               for buffers (BatchNorm running statistics)
+//   shadow = d * shadow + (1 - d) * value     for every parameter and floating-point buffer
+//   shadow = buffer                            for integer buffers (num_batches_tracked)
+// BatchNorm running statistics are averaged like the weights (timm's ModelEmaV2): copying the
+// live statistics next to averaged weights pairs each layer with statistics of other weights, and
+// on WiFlow that cost 20 points of val PCK@20 mid-training (57% raw vs 37% EMA at epoch 11).
 #include <torch/types.h>
 
 #include <cstdint>

@@ -13,6 +13,7 @@
 #include "common/atomic_file.h"
 #include "common/check.h"
 #include "common/device.h"
+#include "common/version.h"
 #include "common/progress.h"
 #include "models/checkpoint.h"
 #include "models/pose_model.h"
@@ -65,8 +66,8 @@ RunDir RunDir::create(const std::string& dir, const ExperimentConfig& config, c1
   fs::create_directories(fs::path(dir) / "checkpoints");
   write_text_atomic((fs::path(dir) / "config.yaml").string(), config.to_yaml());
   Json run = Json::object();
-  run.set("name", config.name).set("seed", config.seed).set("git_sha", CSIPOSE_GIT_SHA);
-  run.set("csipose_version", CSIPOSE_VERSION).set("torch", torch_description());
+  run.set("name", config.name).set("seed", config.seed).set("git_sha", git_sha());
+  run.set("csipose_version", version()).set("torch", torch_description());
   run.set("machine", machine_description()).set("threads", static_cast<int64_t>(torch::get_num_threads()));
   run.set("created", utc_now()).set("invocations", Json::array());
   write_text_atomic((fs::path(dir) / "run.json").string(), run.dump(2) + "\n");
@@ -109,7 +110,7 @@ void RunDir::record_invocation(const std::string& kind, c10::Device device, int6
   Json list = run.at("invocations");
   Json entry = Json::object();
   entry.set("kind", kind).set("time", utc_now()).set("device", device.str()).set("from_epoch", epoch);
-  entry.set("git_sha", CSIPOSE_GIT_SHA).set("machine", machine_description());
+  entry.set("git_sha", git_sha()).set("machine", machine_description());
   list.push(entry);
   run.set("invocations", list);
   write_text_atomic(path, run.dump(2) + "\n");
@@ -161,7 +162,7 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
   const auto& st = trainer.state();
 
   Json r = Json::object();
-  r.set("run", cfg.name).set("git_sha", CSIPOSE_GIT_SHA).set("torch", torch_description());
+  r.set("run", cfg.name).set("git_sha", git_sha()).set("torch", torch_description());
   r.set("machine", machine_description()).set("device", trainer.device().str());
   Json model = Json::object();
   model.set("preset", cfg.model.preset).set("family", best.model->family());
@@ -196,7 +197,7 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
   md << "- training: " << st.epoch << "/" << cfg.train.epochs << " epochs" << (st.stopped_early ? " (early stop)" : "")
      << ", " << fixed(st.train_seconds, 1) << " s, best epoch " << st.best_epoch << " by " << cfg.train.best.metric
      << ", weights " << (cfg.train.ema.enabled() ? "EMA" : "raw") << "\n";
-  md << "- code " << CSIPOSE_GIT_SHA << ", " << torch_description() << ", device " << trainer.device().str() << "\n";
+  md << "- code " << git_sha() << ", " << torch_description() << ", device " << trainer.device().str() << "\n";
   md << "- metric: " << data.spec.describe() << "\n";
   md << "- test views (TTA): ";
   for (size_t i = 0; i < test_m.views.size(); ++i) md << (i ? ", " : "") << test_m.views[i];
