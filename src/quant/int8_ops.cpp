@@ -1,0 +1,401 @@
+#include "quant/int8_ops.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/check.h"
+#include "quant/fake_quant.h"
+#include "quant/reference.h"
+
+namespace csipose {
+namespace {
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+/// The integer range of params must fit the int8 storage of the activations and weights.
+void check_int8_range(const QuantParams& p, const char* what) {
+  p.validate();
+  CSIPOSE_CHECK(p.qmin >= -128 && p.qmax <= 127, what, ": integer range [", p.qmin, ", ", p.qmax,
+                "] does not fit int8 [-128, 127]");
+}
+
+/// Per-tensor params of an int8 activation.
+void check_activation_params(const QuantParams& p, const char* what) {
+  check_int8_range(p, what);
+  CSIPOSE_CHECK(!p.per_channel(), what, ": activation params must be per-tensor (axis -1), got axis ", p.axis);
+}
+
+void check_int8_tensor(const torch::Tensor& t, const char* what) {
+  CSIPOSE_CHECK(t.defined(), what, ": undefined tensor");
+  CSIPOSE_CHECK(t.scalar_type() == torch::kInt8, what, ": tensor of dtype ", t.scalar_type(), "; expected int8");
+}
+
+void check_float_tensor(const torch::Tensor& t, const char* what) {
+  CSIPOSE_CHECK(t.defined(), what, ": undefined tensor");
+  CSIPOSE_CHECK(t.scalar_type() == torch::kFloat, what, ": tensor of dtype ", t.scalar_type(), "; expected float32");
+}
+
+void check_finite(const torch::Tensor& t, const char* what) {
+  CSIPOSE_CHECK(torch::isfinite(t).all().item<bool>(), what, ": tensor holds non-finite values");
+}
+
+/// The largest |q - zp| of a per-tensor range: the worst-case magnitude of a centered integer.
+int64_t max_centered(const QuantParams& p) {
+  return std::max<int64_t>(p.zero_point[0] - p.qmin, p.qmax - p.zero_point[0]);
+}
+
+/// Float32 values as a tensor of `shape` on `device`.
+torch::Tensor float_tensor(const std::vector<float>& v, const std::vector<int64_t>& shape,
+                           const torch::Device& device) {
+  return torch::tensor(v, torch::kFloat).reshape(shape).to(device);
+}
+
+/// Broadcast shape for per-channel values along `axis` of a `dim`-dimensional tensor, or 0-dim
+/// for per-tensor ones.
+std::vector<int64_t> channel_shape(const QuantParams& p, int64_t dim) {
+  std::vector<int64_t> shape;
+  if (p.per_channel()) {
+    shape.assign(static_cast<size_t>(dim), 1);
+    shape[static_cast<size_t>(p.axis)] = p.size();
+  }
+  return shape;
+}
+
+/// Scale of channel c of possibly per-tensor params.
+float scale_at(const QuantParams& p, int64_t c) { return p.scale[static_cast<size_t>(p.per_channel() ? c : 0)]; }
+
+/// The requantization multipliers M[c] = requantize_multiplier(s_in, s_w[c], s_out), c < channels.
+std::vector<float> multipliers(const QuantParams& in_qp, const QuantParams& w_params, const QuantParams& out_qp,
+                               int64_t channels) {
+  std::vector<float> m(static_cast<size_t>(channels));
+  for (int64_t c = 0; c < channels; ++c)
+    m[static_cast<size_t>(c)] = requantize_multiplier(in_qp.scale[0], scale_at(w_params, c), out_qp.scale[0]);
+  return m;
+}
+
+/// Exact integer accumulators (float64, integer-valued, |acc| < 2^31) -> int8 outputs:
+///   clamp(round(float(acc + bias) * mult) + zp_out, qmin, qmax)
+/// bias (int32) and mult (float32) broadcast against acc; bias may be undefined.
+torch::Tensor requantize_tensor(const torch::Tensor& acc, const torch::Tensor& bias, const torch::Tensor& mult,
+                                const QuantParams& out_qp, Rounding r) {
+  torch::Tensor sum = acc.to(torch::kInt);               // exact: acc holds integers below 2^31 in magnitude
+  if (bias.defined()) sum = sum + bias;                  // int32 + int32 -> int32; the bound rules out overflow
+  const torch::Tensor p = sum.to(torch::kFloat) * mult;  // correctly rounded int->float, one multiply
+  // Round, add the zero point (exact in float32 while |round(p)| < 2^24; beyond that the sum
+  // clamps to the same end either way), clamp last.
+  const torch::Tensor u = round_tensor(p, r) + static_cast<double>(out_qp.zero_point[0]);
+  return u.clamp(static_cast<double>(out_qp.qmin), static_cast<double>(out_qp.qmax)).to(torch::kInt8);
+}
+
+/// Common checks of an int8 op with a packed weight: activation dtype and params, device, the
+/// input params the weight was packed for.
+void check_op(const char* op, const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+              const QuantParams& out_qp, int64_t weight_dim) {
+  check_int8_tensor(x_q, op);
+  check_activation_params(in_qp, op);
+  check_activation_params(out_qp, op);
+  check_int8_tensor(w.q, op);
+  CSIPOSE_CHECK(w.q.dim() == weight_dim, op, ": packed weight of shape ", w.q.sizes(), "; expected ", weight_dim,
+                " dimensions");
+  CSIPOSE_CHECK(w.q.device() == x_q.device(), op, ": input on ", x_q.device(), " but weight on ", w.q.device());
+  CSIPOSE_CHECK(w.input_params == in_qp, op, ": input params (scale ", in_qp.scale[0], ", zero point ",
+                in_qp.zero_point[0], ") differ from those the weight was packed for (scale ", w.input_params.scale[0],
+                ", zero point ", w.input_params.zero_point[0], ")");
+}
+
+/// im2col + grouped float64 GEMM: the exact accumulators of a convolution of the centered input
+/// xc (N, C, *S) with the integer weight wq (O, C / groups, *K), zero padding (the input zero
+/// point once centered). Returns (N, O, *S_out), float64 integers.
+torch::Tensor conv_accumulate(const char* op, const torch::Tensor& xc, const torch::Tensor& wq,
+                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation, int64_t groups) {
+  const auto nd = static_cast<int64_t>(stride.size());
+  CSIPOSE_CHECK(xc.dim() == 2 + nd, op, ": input of shape ", xc.sizes(), "; expected ", 2 + nd,
+                " dimensions (N, C, ...)");
+  CSIPOSE_CHECK(groups >= 1, op, ": groups = ", groups, "; expected >= 1");
+  const int64_t n = xc.size(0), c_in = xc.size(1), c_out = wq.size(0), c_group = wq.size(1);
+  CSIPOSE_CHECK(c_out % groups == 0 && c_group * groups == c_in, op, ": weight of shape ", wq.sizes(), " with ", groups,
+                " groups does not fit an input of ", c_in, " channels");
+  for (int64_t i = 0; i < nd; ++i) {
+    const auto s = static_cast<size_t>(i);
+    CSIPOSE_CHECK(stride[s] >= 1 && dilation[s] >= 1 && padding[s] >= 0, op, ": stride ", stride[s], ", dilation ",
+                  dilation[s], ", padding ", padding[s], "; expected stride, dilation >= 1 and padding >= 0");
+  }
+  // Pad every spatial dimension (constant_pad_nd lists the last dimension first).
+  std::vector<int64_t> pads;
+  for (int64_t i = nd - 1; i >= 0; --i) pads.insert(pads.end(), 2, padding[static_cast<size_t>(i)]);
+  torch::Tensor cols = std::any_of(padding.begin(), padding.end(), [](int64_t p) { return p > 0; })
+                           ? torch::constant_pad_nd(xc, pads, 0)
+                           : xc;
+  // Windows of span d * (k - 1) + 1 every `stride`, then every d-th tap of each window.
+  std::vector<int64_t> out_size;
+  for (int64_t i = 0; i < nd; ++i) {
+    const auto s = static_cast<size_t>(i);
+    const int64_t k = wq.size(2 + i);
+    const int64_t span = dilation[s] * (k - 1) + 1;
+    CSIPOSE_CHECK(cols.size(2 + i) >= span, op, ": padded input of size ", cols.size(2 + i), " along dimension ", 2 + i,
+                  " is smaller than the dilated kernel (", span, ")");
+    out_size.push_back((cols.size(2 + i) - span) / stride[s] + 1);
+    cols = cols.unfold(2 + i, span, stride[s]);  // appends the window dimension
+  }
+  for (int64_t i = 0; i < nd; ++i) {
+    const auto s = static_cast<size_t>(i);
+    if (dilation[s] > 1) cols = cols.slice(2 + nd + i, 0, cols.size(2 + nd + i), dilation[s]);
+  }
+  // (N, C, *S_out, *K) -> (N, G, Cg, *S_out, *K) -> (N, G, *S_out, Cg, *K) -> (N, G, P, Cg * prod K)
+  std::vector<int64_t> split = {n, groups, c_group};
+  for (int64_t i = 2; i < cols.dim(); ++i) split.push_back(cols.size(i));
+  std::vector<int64_t> perm = {0, 1};
+  for (int64_t i = 0; i < nd; ++i) perm.push_back(3 + i);
+  perm.push_back(2);
+  for (int64_t i = 0; i < nd; ++i) perm.push_back(3 + nd + i);
+  int64_t positions = 1;
+  for (int64_t o : out_size) positions *= o;
+  cols = cols.reshape(split).permute(perm).reshape({n, groups, positions, -1});
+  // Weight (O, Cg, *K) -> (G, O / G, Cg * prod K) -> (G, Cg * prod K, O / G).
+  const torch::Tensor wg = wq.reshape({groups, c_out / groups, -1}).transpose(1, 2);
+  CSIPOSE_CHECK(cols.size(3) == wg.size(1), op, ": internal im2col size mismatch");
+  // (N, G, P, O / G) -> (N, G, O / G, P) -> (N, O, *S_out)
+  torch::Tensor acc = torch::matmul(cols, wg).permute({0, 1, 3, 2});
+  std::vector<int64_t> out_shape = {n, c_out};
+  out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
+  return acc.reshape(out_shape);
+}
+
+/// The int8 conv ops after their checks: centered input, exact accumulators, requantize.
+torch::Tensor int8_conv(const char* op, const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                        const QuantParams& out_qp, const std::vector<int64_t>& stride,
+                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups,
+                        Rounding r) {
+  const auto nd = static_cast<int64_t>(stride.size());
+  check_op(op, x_q, in_qp, w, out_qp, 2 + nd);
+  const torch::Tensor xc = x_q.to(torch::kDouble) - static_cast<double>(in_qp.zero_point[0]);
+  const torch::Tensor acc = conv_accumulate(op, xc, w.q.to(torch::kDouble), stride, padding, dilation, groups);
+  const int64_t c_out = w.out_channels();
+  std::vector<int64_t> shape(static_cast<size_t>(2 + nd), 1);
+  shape[1] = c_out;
+  const torch::Tensor mult = float_tensor(multipliers(in_qp, w.params, out_qp, c_out), shape, x_q.device());
+  const torch::Tensor bias = w.bias_q.defined() ? w.bias_q.reshape(shape) : torch::Tensor();
+  return requantize_tensor(acc, bias, mult, out_qp, r);
+}
+
+/// The dequantized int32 bias of the fake-quant references (undefined stays undefined).
+torch::Tensor fq_bias(const torch::Tensor& b, const QuantParams& in_qp, const QuantParams& w_qp) {
+  if (!b.defined()) return b;
+  return dequantize_bias(quantize_bias(b, in_qp.scale[0], w_qp), in_qp.scale[0], w_qp);
+}
+
+}  // namespace
+
+// ---- quantize / dequantize ---------------------------------------------------------------------
+
+torch::Tensor quantize_tensor(const torch::Tensor& x_float, const QuantParams& p, Rounding r) {
+  check_float_tensor(x_float, "quantize_tensor");
+  check_int8_range(p, "quantize_tensor");
+  check_finite(x_float, "quantize_tensor");  // the reference throws for non-finite values too
+  if (p.per_channel())
+    CSIPOSE_CHECK(p.axis < x_float.dim() && x_float.size(p.axis) == p.size(), "quantize_tensor: tensor of shape ",
+                  x_float.sizes(), " does not have ", p.size(), " channels along axis ", p.axis);
+  std::vector<float> inv(p.scale.size()), zp(p.scale.size());
+  for (size_t c = 0; c < p.scale.size(); ++c) {
+    inv[c] = inv_scale_of(p.scale[c]);  // 1.0f / scale in float32, as the reference
+    zp[c] = static_cast<float>(p.zero_point[c]);
+  }
+  const std::vector<int64_t> shape = channel_shape(p, x_float.dim());
+  const torch::Tensor u = round_tensor(x_float.detach() * float_tensor(inv, shape, x_float.device()), r) +
+                          float_tensor(zp, shape, x_float.device());
+  return u.clamp(static_cast<double>(p.qmin), static_cast<double>(p.qmax)).to(torch::kInt8);
+}
+
+torch::Tensor dequantize_tensor(const torch::Tensor& q, const QuantParams& p) {
+  check_int8_tensor(q, "dequantize_tensor");
+  p.validate();
+  if (p.per_channel())
+    CSIPOSE_CHECK(p.axis < q.dim() && q.size(p.axis) == p.size(), "dequantize_tensor: tensor of shape ", q.sizes(),
+                  " does not have ", p.size(), " channels along axis ", p.axis);
+  std::vector<float> zp(p.scale.size());
+  for (size_t c = 0; c < p.scale.size(); ++c) zp[c] = static_cast<float>(p.zero_point[c]);
+  const std::vector<int64_t> shape = channel_shape(p, q.dim());
+  // q - zp is an exact small integer in float32; then one float32 multiply, as the reference.
+  return (q.to(torch::kFloat) - float_tensor(zp, shape, q.device())) * float_tensor(p.scale, shape, q.device());
+}
+
+// ---- packing -----------------------------------------------------------------------------------
+
+float PackedWeight::weight_scale(int64_t c) const { return scale_at(params, c); }
+
+PackedWeight PackedWeight::to(const torch::Device& device) const {
+  PackedWeight p = *this;
+  p.q = q.to(device);
+  if (bias_q.defined()) p.bias_q = bias_q.to(device);
+  return p;
+}
+
+torch::Tensor quantize_bias(const torch::Tensor& bias_float, float input_scale, const QuantParams& w_params) {
+  check_float_tensor(bias_float, "quantize_bias");
+  CSIPOSE_CHECK(bias_float.dim() == 1, "quantize_bias: bias of shape ", bias_float.sizes(), "; expected 1-D (out)");
+  CSIPOSE_CHECK(std::isfinite(input_scale) && input_scale > 0.0f, "quantize_bias: input scale ", input_scale,
+                "; expected a finite value > 0");
+  w_params.validate();
+  const int64_t out = bias_float.size(0);
+  CSIPOSE_CHECK(!w_params.per_channel() || w_params.size() == out, "quantize_bias: ", out,
+                " bias values but the weight params hold ", w_params.size(), " channels");
+  const torch::Tensor b = bias_float.detach().to(torch::kCPU).contiguous();
+  const float* bp = b.data_ptr<float>();
+  std::vector<int32_t> q(static_cast<size_t>(out));
+  for (int64_t c = 0; c < out; ++c) {
+    CSIPOSE_CHECK(std::isfinite(bp[c]), "quantize_bias: bias[", c, "] = ", bp[c], " is not finite");
+    // s_in * s_w in double is exact (two 24-bit significands); one division, one half-even rounding.
+    const double bias_scale = static_cast<double>(input_scale) * static_cast<double>(scale_at(w_params, c));
+    const double v = round_value(static_cast<double>(bp[c]) / bias_scale, Rounding::half_even);
+    CSIPOSE_CHECK(std::fabs(v) <= static_cast<double>(kInt32Max), "quantize_bias: bias[", c, "] = ", bp[c],
+                  " at scale s_in * s_w = ", bias_scale, " is ", v, ", which overflows int32");
+    q[static_cast<size_t>(c)] = static_cast<int32_t>(v);
+  }
+  return torch::tensor(q, torch::kInt).to(bias_float.device());
+}
+
+torch::Tensor dequantize_bias(const torch::Tensor& bias_q, float input_scale, const QuantParams& w_params) {
+  CSIPOSE_CHECK(bias_q.defined() && bias_q.scalar_type() == torch::kInt && bias_q.dim() == 1,
+                "dequantize_bias: expected a 1-D int32 tensor");
+  const torch::Tensor b = bias_q.to(torch::kCPU).contiguous();
+  const int32_t* bp = b.data_ptr<int32_t>();
+  std::vector<float> out(static_cast<size_t>(b.size(0)));
+  for (int64_t c = 0; c < b.size(0); ++c) {
+    const double bias_scale = static_cast<double>(input_scale) * static_cast<double>(scale_at(w_params, c));
+    out[static_cast<size_t>(c)] = static_cast<float>(static_cast<double>(bp[c]) * bias_scale);
+  }
+  return torch::tensor(out, torch::kFloat).to(bias_q.device());
+}
+
+PackedWeight pack_weight(const torch::Tensor& w_float, const torch::Tensor& bias_float, const QuantSpec& wspec,
+                         const QuantParams& input_qp) {
+  check_float_tensor(w_float, "pack_weight");
+  CSIPOSE_CHECK(w_float.dim() >= 2 && w_float.numel() > 0, "pack_weight: weight of shape ", w_float.sizes(),
+                "; expected (out, in, ...) with at least one element");
+  wspec.validate();
+  CSIPOSE_CHECK(wspec.symmetric && wspec.is_signed, "pack_weight: weight spec ", wspec.describe(),
+                " has a non-zero zero point; the int8 ops need signed symmetric weights");
+  CSIPOSE_CHECK(wspec.granularity == Granularity::per_tensor || wspec.axis == 0, "pack_weight: weight spec ",
+                wspec.describe(), "; per-channel weights must use axis 0 (output channels)");
+  check_activation_params(input_qp, "pack_weight");
+  check_finite(w_float, "pack_weight");
+  const int64_t out = w_float.size(0);
+  const torch::Tensor w2 = w_float.detach().reshape({out, -1});
+  std::vector<float> lo, hi;
+  if (wspec.granularity == Granularity::per_channel) {
+    const torch::Tensor mn = w2.amin(1).to(torch::kCPU).contiguous(), mx = w2.amax(1).to(torch::kCPU).contiguous();
+    lo.assign(mn.data_ptr<float>(), mn.data_ptr<float>() + out);
+    hi.assign(mx.data_ptr<float>(), mx.data_ptr<float>() + out);
+  } else {
+    lo = {w2.min().item<float>()};
+    hi = {w2.max().item<float>()};
+  }
+  PackedWeight pw;
+  pw.params = qparams_from_range(wspec, lo, hi);
+  check_int8_range(pw.params, "pack_weight");
+  pw.q = quantize_tensor(w_float, pw.params, wspec.rounding);
+  pw.input_params = input_qp;
+  if (bias_float.defined()) {
+    CSIPOSE_CHECK(bias_float.dim() == 1 && bias_float.size(0) == out, "pack_weight: bias of shape ", bias_float.sizes(),
+                  " does not fit ", out, " output channels");
+    pw.bias_q = quantize_bias(bias_float, input_qp.scale[0], pw.params);
+  }
+  // Overflow: the largest |acc[c]| any input can produce, plus |bias[c]|, must fit int32.
+  const torch::Tensor abs_sum = pw.q.reshape({out, -1}).to(torch::kLong).abs().sum(1).to(torch::kCPU).contiguous();
+  const torch::Tensor bias_cpu = pw.bias_q.defined() ? pw.bias_q.to(torch::kCPU).contiguous() : torch::Tensor();
+  const int64_t x_max = max_centered(input_qp);
+  for (int64_t c = 0; c < out; ++c) {
+    const int64_t acc_max = abs_sum.data_ptr<int64_t>()[c] * x_max;
+    const int64_t bias_abs = bias_cpu.defined() ? std::abs(static_cast<int64_t>(bias_cpu.data_ptr<int32_t>()[c])) : 0;
+    CSIPOSE_CHECK(acc_max + bias_abs <= kInt32Max, "pack_weight: output channel ", c,
+                  " can overflow the int32 accumulator: max |acc| = ", acc_max, " (sum |w_q| * ", x_max,
+                  ") + |bias_q| = ", bias_abs, " exceeds 2^31 - 1");
+  }
+  return pw;
+}
+
+// ---- int8 ops ----------------------------------------------------------------------------------
+
+torch::Tensor int8_linear(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, Rounding r) {
+  check_op("int8_linear", x_q, in_qp, w, out_qp, 2);
+  CSIPOSE_CHECK(x_q.dim() >= 1 && x_q.size(-1) == w.q.size(1), "int8_linear: input of shape ", x_q.sizes(),
+                " does not fit a weight of shape ", w.q.sizes());
+  const torch::Tensor xc = x_q.to(torch::kDouble) - static_cast<double>(in_qp.zero_point[0]);
+  const torch::Tensor acc = torch::matmul(xc, w.q.to(torch::kDouble).t());  // exact, see the header
+  const torch::Tensor mult =
+      float_tensor(multipliers(in_qp, w.params, out_qp, w.out_channels()), {w.out_channels()}, x_q.device());
+  return requantize_tensor(acc, w.bias_q, mult, out_qp, r);
+}
+
+torch::Tensor int8_conv1d(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, int64_t stride, int64_t padding, int64_t dilation, int64_t groups,
+                          Rounding r) {
+  return int8_conv("int8_conv1d", x_q, in_qp, w, out_qp, {stride}, {padding}, {dilation}, groups, r);
+}
+
+torch::Tensor int8_conv2d(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, std::array<int64_t, 2> stride, std::array<int64_t, 2> padding,
+                          std::array<int64_t, 2> dilation, int64_t groups, Rounding r) {
+  return int8_conv("int8_conv2d", x_q, in_qp, w, out_qp, {stride[0], stride[1]}, {padding[0], padding[1]},
+                   {dilation[0], dilation[1]}, groups, r);
+}
+
+torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, const torch::Tensor& b_q,
+                          const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  check_int8_tensor(a_q, "int8_matmul");
+  check_int8_tensor(b_q, "int8_matmul");
+  check_activation_params(a_qp, "int8_matmul");
+  check_activation_params(b_qp, "int8_matmul");
+  check_activation_params(out_qp, "int8_matmul");
+  CSIPOSE_CHECK(a_q.dim() >= 2 && b_q.dim() >= 2 && a_q.size(-1) == b_q.size(-2), "int8_matmul: shapes ", a_q.sizes(),
+                " and ", b_q.sizes(), " do not multiply");
+  CSIPOSE_CHECK(a_q.device() == b_q.device(), "int8_matmul: operands on ", a_q.device(), " and ", b_q.device());
+  const int64_t k = a_q.size(-1);
+  const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
+  CSIPOSE_CHECK(bound <= kInt32Max, "int8_matmul: inner dimension ", k,
+                " can overflow the int32 accumulator (max |acc| = ", bound, " exceeds 2^31 - 1)");
+  const torch::Tensor ac = a_q.to(torch::kDouble) - static_cast<double>(a_qp.zero_point[0]);
+  const torch::Tensor bc = b_q.to(torch::kDouble) - static_cast<double>(b_qp.zero_point[0]);
+  const torch::Tensor acc = torch::matmul(ac, bc);  // exact, see the header
+  const float m = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
+  return requantize_tensor(acc, torch::Tensor(), float_tensor({m}, {}, a_q.device()), out_qp, r);
+}
+
+// ---- fake-quant references -----------------------------------------------------------------------
+
+torch::Tensor fq_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp, Rounding r) {
+  const torch::Tensor y = torch::linear(fake_quantize(x, in_qp, r), fake_quantize(w, w_qp, r), fq_bias(b, in_qp, w_qp));
+  return fake_quantize(y, out_qp, r);
+}
+
+torch::Tensor fq_conv1d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp, int64_t stride,
+                        int64_t padding, int64_t dilation, int64_t groups, Rounding r) {
+  const torch::Tensor y = torch::conv1d(fake_quantize(x, in_qp, r), fake_quantize(w, w_qp, r), fq_bias(b, in_qp, w_qp),
+                                        {stride}, {padding}, {dilation}, groups);
+  return fake_quantize(y, out_qp, r);
+}
+
+torch::Tensor fq_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp,
+                        std::array<int64_t, 2> stride, std::array<int64_t, 2> padding, std::array<int64_t, 2> dilation,
+                        int64_t groups, Rounding r) {
+  const torch::Tensor y =
+      torch::conv2d(fake_quantize(x, in_qp, r), fake_quantize(w, w_qp, r), fq_bias(b, in_qp, w_qp),
+                    {stride[0], stride[1]}, {padding[0], padding[1]}, {dilation[0], dilation[1]}, groups);
+  return fake_quantize(y, out_qp, r);
+}
+
+torch::Tensor fq_matmul(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                        const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  return fake_quantize(torch::matmul(fake_quantize(a, a_qp, r), fake_quantize(b, b_qp, r)), out_qp, r);
+}
+
+}  // namespace csipose

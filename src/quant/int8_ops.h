@@ -1,0 +1,140 @@
+#pragma once
+// Int8 operators that follow the numeric contract (quant/reference.h) exactly, with plain torch
+// ops on CPU and CUDA, and their fake-quant float counterparts for agreement tests.
+//
+// An int8 op takes int8 activations x_q (per-tensor affine: real = s_in * (x_q - zp_in)), int8
+// weights w_q (symmetric: real = s_w[c] * w_q, no weight zero point) and an int32 bias at scale
+// s_in * s_w[c], and returns int8 outputs at (s_out, zp_out):
+//
+//   acc[c]  = sum_k (x_q[k] - zp_in) * w_q[c, k]                exact integer (see below)
+//   out[c]  = requantize(acc[c], bias_q[c], M[c], zp_out)        the scalar reference, elementwise
+//   M[c]    = requantize_multiplier(s_in, s_w[c], s_out)         float32, computed once per call
+//   requantize: clamp(round_half_even(float(acc + bias) * M) + zp_out, qmin, qmax)
+//
+// Exact accumulation. The sums are computed with float64 GEMMs (torch::matmul) on the integer-
+// valued tensors (x_q - zp_in) and w_q. Every product is an integer below 2^16 and every partial
+// sum an integer of magnitude <= the bound checked below (< 2^31 < 2^53), so every float64 addition
+// is exact whatever the summation order, blocking or FMA use of the BLAS: the result is the exact
+// integer on CPU (MKL / OpenBLAS) and CUDA (cuBLAS DGEMM) alike. float32 would only be exact while
+// partial sums stay below 2^24, which a 3x3 conv over 256 channels already exceeds
+// (256 * 9 * 255 * 127 ~ 7.5e7). Convolutions are lowered to an explicit im2col (pad + unfold)
+// and a grouped GEMM instead of torch::conv*d: in float64 cuDNN may still pick FFT or Winograd
+// algorithms, which are not exact; a GEMM only ever adds exact products.
+//
+// Padding pads the centered tensor (x_q - zp_in) with 0, i.e. the input with its zero point, which
+// is the int8 image of the fp32 model's zero padding (qparams_from_range keeps real 0 exact).
+//
+// Requantization is float32 torch ops: int32 -> float32 (correctly rounded, as static_cast), one
+// float32 multiply by M, torch::round (ties to even; round_tensor for half_away), + zp_out, clamp.
+// Each step is a single correctly rounded IEEE operation (no multiply-add to contract), so CPU
+// SIMD, CPU scalar and CUDA give the bits of the scalar reference `requantize`.
+//
+// These ops are the exact, device-agnostic int8 path that a converted model and the exporter are
+// checked against, not fast kernels: the float64 GEMM and the im2col copy trade speed for
+// exactness everywhere.
+//
+// Overflow. A kernel adds acc + bias in int32, so pack_weight proves that it cannot overflow for
+// ANY int8 input: with A[c] = sum_k |w_q[c, k]| * max(zp_in - qmin, qmax - zp_in) (the largest
+// |acc[c]| any input can produce), it requires A[c] + |bias_q[c]| <= 2^31 - 1 and throws
+// csipose::Error naming the channel otherwise. int8_matmul checks the same bound for
+// K * max|a - zp_a| * max|b - zp_b| on every call.
+#include <torch/types.h>
+
+#include <array>
+#include <cstdint>
+
+#include "quant/quant_spec.h"
+
+namespace csipose {
+
+/// Weights as an int8 kernel wants them: int8 in the float layout (Linear (out, in); Conv1d
+/// (out, in/groups, k); Conv2d (out, in/groups, kh, kw)), on the float weight's device.
+struct PackedWeight {
+  /// int8, same shape and device as the float weight.
+  torch::Tensor q;
+  /// Symmetric, zero points 0: per-channel along axis 0 (one scale per output channel) or
+  /// per-tensor (one scale for all).
+  QuantParams params;
+  /// int32 (out), bias_q[c] = round_half_even(b[c] / (s_in * s_w[c])); undefined without bias.
+  torch::Tensor bias_q;
+  /// The per-tensor input parameters the bias scale and the overflow bound were computed for;
+  /// the ops require exactly these input parameters.
+  QuantParams input_params;
+
+  int64_t out_channels() const { return q.size(0); }
+  /// s_w of output channel c (the one per-tensor scale for every c).
+  float weight_scale(int64_t c) const;
+  /// A copy with q and bias_q on `device`.
+  PackedWeight to(const torch::Device& device) const;
+};
+
+/// Quantizes a float32 weight (and its float32 bias, or an undefined tensor) for inputs with the
+/// per-tensor `input_qp`:
+///   - weight qparams = qparams_from_range(wspec, per-output-channel min / max) (one min / max for a
+///     per_tensor spec); wspec must be signed and symmetric (zero point 0) and, per channel, have
+///     axis 0; q = quantize(w) with wspec.rounding;
+///   - bias_q[c] = round_half_even(double(b[c]) / (double(s_in) * double(s_w[c]))): the product of
+///     two floats is exact in double, then one correctly rounded division and one rounding;
+///   - the overflow check above (bias or no bias).
+/// Throws csipose::Error for non-float32 tensors, non-finite values, shapes that do not fit, a
+/// spec with a weight zero point, or the overflow.
+PackedWeight pack_weight(const torch::Tensor& w_float, const torch::Tensor& bias_float, const QuantSpec& wspec,
+                         const QuantParams& input_qp);
+
+/// The bias rule of pack_weight alone: int32 (out) from float32 (out), with s_w from w_params
+/// (per-tensor or per-channel). No overflow check (pack_weight does it, knowing the weights).
+torch::Tensor quantize_bias(const torch::Tensor& bias_float, float input_scale, const QuantParams& w_params);
+/// float32 bias_q[c] * (s_in * s_w[c]), the product in double rounded once to float.
+torch::Tensor dequantize_bias(const torch::Tensor& bias_q, float input_scale, const QuantParams& w_params);
+
+/// int8 tensor of quantize(x) (quant/reference.h) of every element of a float32 tensor; per-tensor
+/// or per-channel params along p.axis; the integer range must fit int8. Bit-identical to the
+/// reference on CPU and CUDA.
+torch::Tensor quantize_tensor(const torch::Tensor& x_float, const QuantParams& p, Rounding r = Rounding::half_even);
+/// float32 dequantize(q) of every element of an int8 tensor: float(q - zp) * scale.
+torch::Tensor dequantize_tensor(const torch::Tensor& q, const QuantParams& p);
+
+/// y_q = requantize(x_q W^T + b): x_q int8 (..., in), output int8 (..., out).
+torch::Tensor int8_linear(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, Rounding r = Rounding::half_even);
+
+/// Conv1d of int8 x_q (N, C_in, L), torch::conv1d semantics (symmetric zero padding of `padding`
+/// on both sides, padding the input zero point). Output int8 (N, C_out, L_out).
+torch::Tensor int8_conv1d(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, int64_t stride = 1, int64_t padding = 0, int64_t dilation = 1,
+                          int64_t groups = 1, Rounding r = Rounding::half_even);
+
+/// Conv2d of int8 x_q (N, C_in, H, W), torch::conv2d semantics with {H, W} pairs. Output int8
+/// (N, C_out, H_out, W_out).
+torch::Tensor int8_conv2d(const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
+                          const QuantParams& out_qp, std::array<int64_t, 2> stride = {1, 1},
+                          std::array<int64_t, 2> padding = {0, 0}, std::array<int64_t, 2> dilation = {1, 1},
+                          int64_t groups = 1, Rounding r = Rounding::half_even);
+
+/// Batched matrix product of two int8 tensors with per-tensor affine params (attention scores
+/// Q K^T and attention-weighted values), torch::matmul broadcasting (both at least 2-D):
+///   acc = sum_k (a_q - zp_a) * (b_q - zp_b),   out = requantize(acc, 0, s_a * s_b / s_out, zp_out).
+torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, const torch::Tensor& b_q,
+                          const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
+
+// ---- fake-quant references (float32), for agreement tests ---------------------------------------
+// fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),
+// out_qp), with the fp32 torch op (zero padding). The int8 op computes the same value with an exact
+// sum and one float32 rounding of it; the float op rounds at every addition, so the two can differ
+// by one step where the output lies within a few float steps of a rounding tie.
+
+torch::Tensor fq_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp,
+                        Rounding r = Rounding::half_even);
+torch::Tensor fq_conv1d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp,
+                        int64_t stride = 1, int64_t padding = 0, int64_t dilation = 1, int64_t groups = 1,
+                        Rounding r = Rounding::half_even);
+torch::Tensor fq_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                        const QuantParams& in_qp, const QuantParams& w_qp, const QuantParams& out_qp,
+                        std::array<int64_t, 2> stride = {1, 1}, std::array<int64_t, 2> padding = {0, 0},
+                        std::array<int64_t, 2> dilation = {1, 1}, int64_t groups = 1, Rounding r = Rounding::half_even);
+torch::Tensor fq_matmul(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                        const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
+
+}  // namespace csipose
