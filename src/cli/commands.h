@@ -24,6 +24,7 @@ int predict(const Args& args);
 int train(const Args& args);
 int evaluate(const Args& args);
 int train_bench(const Args& args);
+int ptq(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();

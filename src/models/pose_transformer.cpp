@@ -210,7 +210,9 @@ PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, dou
                 " must divide d_model = ", d_model);
   in_proj_weight = register_parameter("in_proj_weight", torch::empty({3 * d_model, d_model}));
   in_proj_bias = register_parameter("in_proj_bias", torch::empty({3 * d_model}));
-  out_proj = register_module("out_proj", torch::nn::Linear(d_model, d_model));
+  out_proj = register_module("out_proj", QLinear(d_model, d_model));
+  scores_mm = register_module("scores_mm", QMatmul());
+  context_mm = register_module("context_mm", QMatmul());
   // nn.MultiheadAttention._reset_parameters (out_proj.weight keeps Linear's default init).
   torch::NoGradGuard no_grad;
   torch::nn::init::xavier_uniform_(in_proj_weight);
@@ -220,22 +222,25 @@ PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, dou
 
 torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
-  const auto qkv = torch::nn::functional::linear(x, in_proj_weight, in_proj_bias).chunk(3, /*dim=*/-1);
+  const bool q8 = hook && hook->mode() != QuantMode::off;
+  const auto proj = q8 ? hook->output(torch::nn::functional::linear(hook->input(x), hook->weight(in_proj_weight), in_proj_bias))
+                       : torch::nn::functional::linear(x, in_proj_weight, in_proj_bias);
+  const auto qkv = proj.chunk(3, /*dim=*/-1);
   // (N, T, d) -> (N, H, T, hd)
   auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
   const torch::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
-  torch::Tensor w = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (N, H, T, T)
+  torch::Tensor w = scores_mm(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (N, H, T, T)
   w = torch::softmax(w, /*dim=*/-1);
   w = torch::dropout(w, dropout_, is_training());
-  const torch::Tensor o = torch::matmul(w, v).transpose(1, 2).reshape({N, T, d});  // (N, T, d)
+  const torch::Tensor o = context_mm(w, v).transpose(1, 2).reshape({N, T, d});  // (N, T, d)
   return out_proj(o);
 }
 
 PoseEncoderLayerImpl::PoseEncoderLayerImpl(int64_t d_model, int64_t heads, int64_t dim_feedforward, double p) {
   self_attn = register_module("self_attn", PoseSelfAttention(d_model, heads, p));
-  linear1 = register_module("linear1", torch::nn::Linear(d_model, dim_feedforward));
+  linear1 = register_module("linear1", QLinear(d_model, dim_feedforward));
   dropout = register_module("dropout", torch::nn::Dropout(p));
-  linear2 = register_module("linear2", torch::nn::Linear(dim_feedforward, d_model));
+  linear2 = register_module("linear2", QLinear(dim_feedforward, d_model));
   norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model}).eps(1e-5)));
   norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model}).eps(1e-5)));
   dropout1 = register_module("dropout1", torch::nn::Dropout(p));
@@ -276,10 +281,10 @@ PoseGraphRefineImpl::PoseGraphRefineImpl(int64_t d_model, int64_t hidden, int64_
     torch::NoGradGuard no_grad;
     torch::nn::init::normal_(je, /*mean=*/0.0, /*std=*/0.02);
   }
-  inp = register_module("inp", torch::nn::Linear(d_model + joint_embed + 2, hidden));
-  g1 = register_module("g1", torch::nn::Linear(hidden, hidden));
-  g2 = register_module("g2", torch::nn::Linear(hidden, hidden));
-  out = register_module("out", torch::nn::Linear(hidden, 2));
+  inp = register_module("inp", QLinear(d_model + joint_embed + 2, hidden));
+  g1 = register_module("g1", QLinear(hidden, hidden));
+  g2 = register_module("g2", QLinear(hidden, hidden));
+  out = register_module("out", QLinear(hidden, 2));
   adjacency_ = coco17_normalized_adjacency();
 }
 
@@ -310,12 +315,12 @@ PoseTransformerImpl::PoseTransformerImpl(const PoseTransformerConfig& config) : 
     torch::NoGradGuard no_grad;
     torch::nn::init::normal_(pos, /*mean=*/0.0, /*std=*/0.02);
   }
-  proj = register_module("proj", torch::nn::Linear(c.token_dim(), d));
+  proj = register_module("proj", QLinear(c.token_dim(), d));
   tf = register_module("tf", PoseEncoder(c.layers, d, c.heads, c.ff_mult * d, c.dropout));
-  att = register_module("att", torch::nn::Linear(d, 1));
-  head = register_module("head", torch::nn::Sequential(torch::nn::Linear(d, c.head_hidden), torch::nn::GELU(),
+  att = register_module("att", QLinear(d, 1));
+  head = register_module("head", torch::nn::Sequential(QLinear(d, c.head_hidden), torch::nn::GELU(),
                                                         torch::nn::Dropout(c.head_dropout),
-                                                        torch::nn::Linear(c.head_hidden, 2 * c.keypoints)));
+                                                        QLinear(c.head_hidden, 2 * c.keypoints)));
   if (c.graph_hidden > 0)
     gr = register_module("gr", PoseGraphRefine(d, c.graph_hidden, c.joint_embed, c.keypoints, c.refine_scale));
 }

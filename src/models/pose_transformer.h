@@ -28,6 +28,8 @@
 
 #include "models/pose_model.h"
 
+#include "quant/qmodules.h"
+
 namespace csipose {
 class ConfigNode;
 
@@ -93,14 +95,18 @@ torch::Tensor coco17_normalized_adjacency();
 /// Parameters: in_proj_weight (3d, d), in_proj_bias (3d), out_proj.{weight (d, d), bias (d)}.
 /// Init as PyTorch: in_proj_weight xavier-uniform, in_proj_bias and out_proj.bias zero,
 /// out_proj.weight Linear's default.
-class PoseSelfAttentionImpl : public torch::nn::Module {
+/// Quantizable as the in-projection (a linear with PyTorch's parameter names, so the module itself
+/// carries that hook); the two products are QMatmul children.
+class PoseSelfAttentionImpl : public torch::nn::Module, public Quantizable {
  public:
   PoseSelfAttentionImpl(int64_t d_model, int64_t heads, double dropout);
   /// x: (N, T, d) -> (N, T, d)
   torch::Tensor forward(const torch::Tensor& x);
+  const char* op_kind() const override { return "linear"; }
 
   torch::Tensor in_proj_weight, in_proj_bias;
-  torch::nn::Linear out_proj{nullptr};
+  QLinear out_proj{nullptr};
+  QMatmul scores_mm{nullptr}, context_mm{nullptr};
 
  private:
   int64_t heads_;
@@ -119,7 +125,7 @@ class PoseEncoderLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   PoseSelfAttention self_attn{nullptr};
-  torch::nn::Linear linear1{nullptr}, linear2{nullptr};
+  QLinear linear1{nullptr}, linear2{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Dropout dropout{nullptr}, dropout1{nullptr}, dropout2{nullptr};
 };
@@ -149,7 +155,7 @@ class PoseGraphRefineImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& kp0);
 
   torch::Tensor je;  ///< (K, joint_embed), registered as "je" only when joint_embed > 0; init normal(0, 0.02)
-  torch::nn::Linear inp{nullptr}, g1{nullptr}, g2{nullptr}, out{nullptr};
+  QLinear inp{nullptr}, g1{nullptr}, g2{nullptr}, out{nullptr};
   /// The normalized adjacency currently used (CPU until the first forward on another device).
   const torch::Tensor& adjacency() const { return adjacency_; }
 
@@ -183,9 +189,9 @@ class PoseTransformerImpl : public PoseModelImpl {
   const PoseTransformerConfig& config() const { return config_; }
 
   torch::Tensor pos;  ///< (1, T, d)
-  torch::nn::Linear proj{nullptr};
+  QLinear proj{nullptr};
   PoseEncoder tf{nullptr};
-  torch::nn::Linear att{nullptr};
+  QLinear att{nullptr};
   torch::nn::Sequential head{nullptr};  ///< 0 Linear(d, hh), 1 GELU, 2 Dropout, 3 Linear(hh, 2K)
   PoseGraphRefine gr{nullptr};          ///< null when graph_hidden == 0
 

@@ -99,15 +99,15 @@ std::optional<ConfigIssue> first_issue(const WiFlowConfig& c) {
 }
 
 // ---- small named builders ----------------------------------------------------------------------
-torch::nn::Conv1d conv1d(int64_t in, int64_t out, int64_t kernel, int64_t groups, int64_t dilation = 1,
+QConv1d conv1d(int64_t in, int64_t out, int64_t kernel, int64_t groups, int64_t dilation = 1,
                          int64_t padding = 0) {
-  return torch::nn::Conv1d(
+  return QConv1d(
       torch::nn::Conv1dOptions(in, out, kernel).groups(groups).dilation(dilation).padding(padding).bias(false));
 }
 
 /// Conv2d with kernel (1, k) along W, stride (1, s), padding (0, k/2).
-torch::nn::Conv2d conv_along_w(int64_t in, int64_t out, int64_t kernel, int64_t stride, bool bias) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, {1, kernel})
+QConv2d conv_along_w(int64_t in, int64_t out, int64_t kernel, int64_t stride, bool bias) {
+  return QConv2d(torch::nn::Conv2dOptions(in, out, {1, kernel})
                                .stride({1, stride})
                                .padding({0, kernel / 2})
                                .bias(bias));
@@ -357,6 +357,8 @@ AxialAttentionImpl::AxialAttentionImpl(int64_t channels, int64_t groups, bool al
   CSIPOSE_CHECK(groups > 0 && channels % groups == 0, "axial attention: groups = ", groups,
                 " must divide channels = ", channels);
   qkv_transform = register_module("qkv_transform", conv1d(channels, 3 * channels, /*kernel=*/1, /*groups=*/1));
+  scores_mm = register_module("scores_mm", QMatmul());
+  context_mm = register_module("context_mm", QMatmul());
   bn_qkv = register_module("bn_qkv", torch::nn::BatchNorm1d(3 * channels));
   bn_similarity = register_module("bn_similarity", torch::nn::BatchNorm2d(groups));
   bn_output = register_module("bn_output", torch::nn::BatchNorm1d(channels));
@@ -373,9 +375,9 @@ torch::Tensor AxialAttentionImpl::forward(const torch::Tensor& x) {
   const torch::Tensor q = qkv.narrow(1, 0, C).reshape({B, groups_, cg, L});         // (B, G, C/G, L)
   const torch::Tensor k = qkv.narrow(1, C, C).reshape({B, groups_, cg, L});
   const torch::Tensor v = qkv.narrow(1, 2 * C, C).reshape({B, groups_, cg, L});
-  torch::Tensor scores = torch::matmul(q.transpose(2, 3), k);                      // (B, G, L_i, L_j)
+  torch::Tensor scores = scores_mm(q.transpose(2, 3), k);                          // (B, G, L_i, L_j)
   scores = torch::softmax(bn_similarity(scores), /*dim=*/-1);                      // over j
-  const torch::Tensor out = torch::matmul(v, scores.transpose(2, 3))               // (B, G, C/G, L_i)
+  const torch::Tensor out = context_mm(v, scores.transpose(2, 3))                  // (B, G, C/G, L_i)
                                 .reshape({B, C, L});
   const torch::Tensor y = bn_output(out).view({N, other, C, L});
   return along_width_ ? y.permute({0, 2, 1, 3}) : y.permute({0, 2, 3, 1});         // (N, C, H, W)
@@ -406,10 +408,10 @@ WiFlowImpl::WiFlowImpl(const WiFlowConfig& config) : config_(config) {
   const int64_t C = c.conv_channels.back(), hidden = decoder_hidden(c);
   attention = register_module("attention", wiflow::DualAxialAttention(C, c.attn_groups));
   decoder = register_module(
-      "decoder", torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(C, hidden, 3).padding(1)),  // 0
+      "decoder", torch::nn::Sequential(QConv2d(torch::nn::Conv2dOptions(C, hidden, 3).padding(1)),  // 0
                                        torch::nn::BatchNorm2d(hidden),                                       // 1
                                        torch::nn::SiLU(),                                                    // 2
-                                       torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, 2, 1)),            // 3
+                                       QConv2d(torch::nn::Conv2dOptions(hidden, 2, 1)),            // 3
                                        torch::nn::BatchNorm2d(2),                                            // 4
                                        torch::nn::SiLU()));                                                  // 5
   reset_parameters();

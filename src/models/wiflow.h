@@ -25,6 +25,8 @@
 
 #include "models/pose_model.h"
 
+#include "quant/qmodules.h"
+
 namespace csipose {
 class ConfigNode;
 
@@ -111,7 +113,7 @@ class TcnBlockImpl : public torch::nn::Module {
 
  private:
   int64_t chomp_;  // 2 * dilation: samples the causal convs compute past the window's end
-  torch::nn::Conv1d conv1_group{nullptr}, conv1_pw{nullptr}, conv2_group{nullptr}, conv2_pw{nullptr};
+  QConv1d conv1_group{nullptr}, conv1_pw{nullptr}, conv2_group{nullptr}, conv2_pw{nullptr};
   torch::nn::BatchNorm1d bn1_group{nullptr}, bn1_pw{nullptr}, bn2_group{nullptr}, bn2_pw{nullptr};
   torch::nn::Dropout dropout1{nullptr}, dropout2{nullptr};
   torch::nn::Sequential downsample{nullptr};  // null = identity (cin == cout)
@@ -152,7 +154,9 @@ class AxialAttentionImpl : public torch::nn::Module {
  private:
   int64_t channels_, groups_;
   bool along_width_;
-  torch::nn::Conv1d qkv_transform{nullptr};  // C -> 3C, 1x1, no bias
+  QConv1d qkv_transform{nullptr};  // C -> 3C, 1x1, no bias
+  QMatmul scores_mm{nullptr};      // q^T k (no parameters: a quantization point with a name)
+  QMatmul context_mm{nullptr};     // v p^T
   torch::nn::BatchNorm1d bn_qkv{nullptr};     // 3C
   torch::nn::BatchNorm2d bn_similarity{nullptr};  // groups, on the (groups, L, L) scores
   torch::nn::BatchNorm1d bn_output{nullptr};  // C

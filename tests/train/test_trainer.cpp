@@ -295,6 +295,31 @@ TEST_F(TrainerTest, BestCheckpointEvaluatesToTheReportedNumbers) {
   EXPECT_NE(v.output.find("weights ema"), std::string::npos) << v.output;
 }
 
+TEST_F(TrainerTest, PtqEvaluatesTheFakeQuantModelNextToFp32) {
+  TempDir tmp;
+  testing::write_file(tmp.file("e.yaml"), config_yaml());
+  const std::string run = tmp.file("run");
+  ASSERT_EQ(run_csipose({"train", "--config", tmp.file("e.yaml"), "--run-dir", run, "--set", "train.epochs=1"}).exit_code, 0);
+  const std::string best = run + "/checkpoints/best.safetensors";
+  auto r = run_csipose({"ptq", "--checkpoint", best, "--calibration", "2", "--batch-size", "16", "--json",
+                        tmp.file("s.json"), "--calibration-out", tmp.file("calib.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Json s = Json::parse(read_text_file(tmp.file("s.json")));
+  const Json report = Json::parse(read_text_file(run + "/report.json"));
+  // The fp32 row is the trained model's test result; the fake-quant row is scored the same way.
+  EXPECT_EQ(s.at("fp32").at("clean").dump(), report.at("test").at("clean").dump());
+  EXPECT_EQ(s.at("fake_quant").at("clean").at("spec").dump(), s.at("fp32").at("clean").at("spec").dump());
+  EXPECT_GT(s.at("quantized_ops").as_int(), 20);
+  const Json calib = Json::parse(read_text_file(tmp.file("calib.json")));
+  EXPECT_EQ(calib.at("windows").size(), 32u);  // 2 batches of 16 from train/clean
+  r = run_csipose({"ptq", "--checkpoint", best, "--mode", "dynamic"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("PTQ dyn."), std::string::npos) << r.output;
+  r = run_csipose({"ptq", "--checkpoint", best, "--mode", "qat"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("static or dynamic"), std::string::npos) << r.output;
+}
+
 TEST_F(TrainerTest, PoseTransformerTrainsOnTheMmfiLayout) {
   const auto cfg = ExperimentConfig::parse("name: m\ndata: {root: \"" + mmfi_dir() +
                                                "\"}\nmodel: {type: pose_transformer, preset: pose_nano}\n"

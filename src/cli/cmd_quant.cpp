@@ -1,0 +1,120 @@
+// csipose ptq: post-training quantization of a checkpoint (static with a calibration set, or
+// dynamic), evaluated as a fake-quant model under the locked metric next to its fp32 numbers.
+#include <torch/torch.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "common/atomic_file.h"
+#include "common/config_node.h"
+#include "common/device.h"
+#include "common/version.h"
+#include "data/loader.h"
+#include "quant/prepare.h"
+#include "train/trainer.h"
+
+namespace csipose::cli {
+
+int ptq(const Args& args) {
+  po::options_description desc("options");
+  std::string checkpoint, data_dir, mode, observer, policy_file, device, json, calib_out;
+  int64_t calibration = 32, batch = 64, seed = 0;
+  desc.add_options()
+      ("checkpoint", po::value(&checkpoint)->required(), "fp32 checkpoint (training, best or weights init)")
+      ("data", po::value(&data_dir), "dataset directory (default: the one the checkpoint was trained on)")
+      ("mode", po::value(&mode)->default_value("static"), "static (calibrated activation ranges) | dynamic (per batch at run time)")
+      ("calibration", po::value(&calibration)->default_value(32), "static: number of calibration batches from the train split")
+      ("batch-size", po::value(&batch)->default_value(64), "calibration and evaluation batch size")
+      ("observer", po::value(&observer)->default_value("histogram"),
+       "static: activation observer minmax | histogram (MSE-optimal range); a --policy file's observer wins")
+      ("policy", po::value(&policy_file), "quantization policy YAML (default: int8 per-channel weights, int8 activations)")
+      ("seed", po::value(&seed)->default_value(0), "seed of the calibration batch order")
+      ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N | auto")
+      ("calibration-out", po::value(&calib_out)->default_value(""), "write the calibration set (window indices) and observer states here (JSON)")
+      ("json", po::value(&json)->default_value(""), "write the result JSON here");
+  po::variables_map vm;
+  if (!parse_options("ptq", "--checkpoint C [--mode static|dynamic] [--calibration N] [--json OUT]", desc, args, vm)) return 0;
+  CSIPOSE_CHECK(mode == "static" || mode == "dynamic", "ptq: --mode must be static or dynamic, got \"", mode, "\"");
+  CSIPOSE_CHECK(calibration > 0 && batch > 0, "ptq: --calibration and --batch-size must be > 0");
+  CSIPOSE_CHECK(observer == "minmax" || observer == "histogram", "ptq: --observer must be minmax or histogram, got \"", observer, "\"");
+
+  ModelConfig mc;
+  std::map<std::string, std::string> meta;
+  auto model = load_eval_model(checkpoint, &mc, &meta);
+  DataConfig dc;
+  if (data_dir.empty()) {
+    auto it = meta.find("experiment_config");
+    CSIPOSE_CHECK(it != meta.end(), "ptq: ", checkpoint, " does not name its dataset; pass --data DIR");
+    dc = ExperimentConfig::parse(it->second, checkpoint + " [experiment_config]").data;
+  } else {
+    dc.root = data_dir;
+    dc.synth.clear();
+  }
+  const PoseDataset data = open_run_dataset(dc);
+  const c10::Device dev = parse_device(device);
+  model->to(dev);
+  model->eval();
+  const PoseLoss loss(skeleton_bones(data.spec.skeleton), data.num_joints());
+  const EvalSet test(data, Split::test, dev, 256);
+  const EvalMetrics fp32 = test.evaluate(*model, loss, {"identity"});
+
+  QuantPolicy policy = policy_file.empty() ? QuantPolicy{} : QuantPolicy::load_file(policy_file);
+  if (policy_file.empty()) {
+    ObserverConfig oc;
+    oc.type = observer == "histogram" ? ObserverType::histogram : ObserverType::minmax;
+    policy.activation_observer = mode == "dynamic" ? ObserverConfig{} : oc;
+  }
+  PreparedModel prepared = prepare(*model, policy);
+  Json calib = Json::object();
+  if (mode == "static") {
+    LoaderOptions o;
+    o.batch_size = batch;
+    o.seed = static_cast<uint64_t>(seed);
+    o.device = dev;
+    BatchLoader loader(data.x, data.y, data.indices(Split::train, Subset::clean), o);
+    loader.set_epoch(0);
+    const int64_t n = std::min(calibration, loader.num_batches());
+    prepared.set_mode(QuantMode::observe);
+    torch::NoGradGuard no_grad;
+    Json windows = Json::array();
+    for (int64_t b = 0; b < n; ++b) {
+      const Batch bt = loader.batch(b);
+      model->forward(bt.x);
+      for (int64_t i = 0; i < bt.index.numel(); ++i) windows.push(bt.index[i].item<int64_t>());
+    }
+    prepared.freeze_observers(true);
+    calib.set("batches", n).set("windows", windows);
+  } else {
+    prepared.set_dynamic(true);
+  }
+  prepared.set_mode(QuantMode::fake_quant);
+  const EvalMetrics q = test.evaluate(*model, loss, {"identity"});
+  if (!calib_out.empty()) {
+    calib.set("checkpoint", checkpoint).set("split", "train/clean").set("seed", seed);
+    calib.set("policy", policy.to_yaml()).set("observers", prepared.state());
+    write_text_atomic(calib_out, calib.dump() + "\n");
+  }
+
+  std::printf("ptq %s of %s (%zu quantized ops) on %s, test split:\n", mode.c_str(), checkpoint.c_str(),
+              prepared.hooks.size(), dev.str().c_str());
+  std::printf("%-22s %8s %8s %8s %10s\n", "model", "PCK@20", "PCK@50", "clean@20", "MPJPE");
+  auto row = [](const char* name, const EvalMetrics& m) {
+    std::printf("%-22s %7.2f%% %7.2f%% %7.2f%% %10.6f\n", name, 100 * m.full.pck_at(0.2), 100 * m.full.pck_at(0.5),
+                100 * m.clean.pck_at(0.2), m.clean.mpjpe);
+  };
+  row("fp32", fp32);
+  row(mode == "static" ? "fake-quant (PTQ static)" : "fake-quant (PTQ dyn.)", q);
+  std::printf("metric: %s\n", data.spec.describe().c_str());
+  if (!json.empty()) {
+    Json j = Json::object();
+    j.set("checkpoint", checkpoint).set("mode", mode).set("device", dev.str()).set("git_sha", git_sha());
+    j.set("quantized_ops", static_cast<int64_t>(prepared.hooks.size())).set("policy", policy.to_yaml());
+    j.set("metric_definition", data.spec.describe()).set("fp32", fp32.to_json()).set("fake_quant", q.to_json());
+    j.set("note", "fake-quant evaluation of the PTQ model (the int8 conversion is a later step)");
+    write_text_atomic(json, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+}  // namespace csipose::cli

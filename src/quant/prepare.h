@@ -1,0 +1,43 @@
+#pragma once
+// prepare(model, policy): attaches a QuantHook to every quantizable op (QConv1d, QConv2d, QLinear,
+// QMatmul, the pose transformer's in-projection) that the policy quantizes, named by the module's
+// path ("tcn.network.0.conv1_group"). Ops the policy leaves fully fp32 get no hook. The model's
+// parameters, buffers and fp32 forward are untouched; unprepare() removes the hooks again.
+//
+// Weight points take their qparams from the current weights' min / max (per channel along axis 0
+// by default: the policy's per_channel_minmax weight observer) on every forward, so the qparams of
+// the last QAT step are exactly the ones convert packs. Activation points use the policy's
+// activation observer (moving average by default).
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/json.h"
+#include "quant/policy.h"
+#include "quant/qmodules.h"
+
+namespace torch::nn {
+class Module;
+}
+
+namespace csipose {
+
+struct PreparedModel {
+  /// (module name, hook) in named_modules order.
+  std::vector<std::pair<std::string, std::shared_ptr<QuantHook>>> hooks;
+  void set_mode(QuantMode m);
+  void freeze_observers(bool frozen);
+  void set_dynamic(bool dynamic);
+  /// Every hook's observer state, by name (for QAT checkpoints and calibration files).
+  Json state() const;
+  /// Restores state(); the set of hooks must match exactly.
+  void load_state(const Json& state);
+  /// One line per op: name, kind, weight and activation formats.
+  std::string describe() const;
+};
+
+PreparedModel prepare(torch::nn::Module& model, const QuantPolicy& policy);
+void unprepare(torch::nn::Module& model);
+
+}  // namespace csipose

@@ -1,0 +1,136 @@
+// Quantizable modules: without a hook (or with mode off) they are bit-for-bit the LibTorch module
+// they derive from, with the same parameter names; with a hook they compute exactly
+// fq_out(op(fq_in(x), fq_w(w)) + b) with qparams from the observers and the weight's own range.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "common/check.h"
+#include "quant/fake_quant.h"
+#include "quant/qmodules.h"
+#include "testing.h"
+
+namespace csipose {
+namespace {
+
+using testing::error_of;
+
+QuantParams range_qparams(const QuantSpec& s, const torch::Tensor& x) {
+  return qparams_from_range(s, {x.min().item<float>()}, {x.max().item<float>()});
+}
+
+std::shared_ptr<QuantHook> default_hook(const std::string& name, int inputs = 1) {
+  return std::make_shared<QuantHook>(name, QuantSpec::activation_default(), QuantSpec::weight_default(),
+                                     ObserverConfig{}, inputs);
+}
+
+TEST(QModules, WithoutAHookTheyAreTheLibTorchModules) {
+  torch::manual_seed(1);
+  QConv1d q(torch::nn::Conv1dOptions(20, 8, 3).groups(4).dilation(2).padding(2).bias(false));
+  torch::nn::Conv1d ref(torch::nn::Conv1dOptions(20, 8, 3).groups(4).dilation(2).padding(2).bias(false));
+  {
+    torch::NoGradGuard g;
+    ref->weight.copy_(q->weight);
+  }
+  const auto x = torch::randn({3, 20, 11});
+  EXPECT_TRUE(torch::equal(q(x), ref(x)));
+  // Same parameter names as the plain module: the checkpoint layout does not change.
+  EXPECT_EQ(q->named_parameters().keys(), ref->named_parameters().keys());
+  q->hook = default_hook("c");  // mode off: still plain fp32
+  EXPECT_TRUE(torch::equal(q(x), ref(x)));
+}
+
+TEST(QModules, FakeQuantLinearIsTheComposition) {
+  torch::manual_seed(2);
+  QLinear q(torch::nn::LinearOptions(7, 5));
+  q->hook = default_hook("lin");
+  q->hook->set_mode(QuantMode::fake_quant);
+  const auto x = torch::randn({4, 7}) * 3;
+  const auto y = q(x);
+  // By hand: input qparams from x's range (min-max observer, first batch), weight per output
+  // channel from w's rows, output qparams from the float result's range.
+  const QuantSpec a = QuantSpec::activation_default();
+  const auto xq = fake_quantize(x, range_qparams(a, x));
+  const auto wq = fake_quantize(q->weight, q->hook->weight_qparams(q->weight));
+  const auto pre = torch::linear(xq, wq, q->bias);
+  const auto want = fake_quantize(pre.detach(), range_qparams(a, pre.detach()));
+  EXPECT_TRUE(torch::equal(y.detach(), want));
+  // Per-channel weight qparams: one scale per output row, zero points 0 (symmetric).
+  const QuantParams wp = q->hook->weight_qparams(q->weight);
+  EXPECT_EQ(wp.size(), 5);
+  EXPECT_EQ(wp.axis, 0);
+  for (int32_t zp : wp.zero_point) EXPECT_EQ(zp, 0);
+  EXPECT_EQ(q->hook->input_qparams(), range_qparams(a, x));
+}
+
+TEST(QModules, ObserveModeIsFp32AndFreezingFixesTheQparams) {
+  torch::manual_seed(3);
+  QConv2d q(torch::nn::Conv2dOptions(2, 4, {1, 3}).stride({1, 2}).padding({0, 1}));
+  const auto x = torch::rand({2, 2, 5, 9});
+  const auto fp32 = q(x);
+  q->hook = default_hook("conv");
+  q->hook->set_mode(QuantMode::observe);
+  EXPECT_TRUE(torch::equal(q(x), fp32));
+  const QuantParams before = q->hook->input_qparams();
+  q->hook->freeze_observers(true);
+  q(x * 10);  // outside the observed range: ignored while frozen
+  EXPECT_EQ(q->hook->input_qparams(), before);
+  q->hook->freeze_observers(false);
+  q(x * 10);
+  EXPECT_NE(q->hook->input_qparams(), before);
+}
+
+TEST(QModules, StraightThroughGradientsReachInputAndWeight) {
+  torch::manual_seed(4);
+  QConv1d q(torch::nn::Conv1dOptions(6, 6, 3).groups(6).padding(1));
+  q->hook = default_hook("dw");
+  q->hook->set_mode(QuantMode::fake_quant);
+  const auto x = torch::randn({2, 6, 10}, torch::requires_grad());
+  q(x).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  ASSERT_TRUE(q->weight.grad().defined());
+  EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_TRUE(torch::isfinite(q->weight.grad()).all().item<bool>());
+}
+
+TEST(QModules, FloatIslandsAndMatmulOperands) {
+  torch::manual_seed(5);
+  // Activations float, weights int8: the input passes through untouched.
+  QLinear q(torch::nn::LinearOptions(3, 2).bias(false));
+  q->hook = std::make_shared<QuantHook>("w_only", std::nullopt, QuantSpec::weight_default(), ObserverConfig{});
+  q->hook->set_mode(QuantMode::fake_quant);
+  const auto x = torch::randn({5, 3});
+  EXPECT_TRUE(torch::equal(q(x), torch::linear(x, fake_quantize(q->weight, q->hook->weight_qparams(q->weight)))));
+  EXPECT_NE(error_of([&] { q->hook->input_qparams(); }).find("float in the policy"), std::string::npos);
+
+  // A matmul's two operands have their own observers.
+  QMatmul mm;
+  mm->hook = default_hook("scores", /*inputs=*/2);
+  mm->hook->set_mode(QuantMode::fake_quant);
+  // a spans [-1, 1], b spans [-10, 10]: affine int8 scales 2/255 and 20/255.
+  const auto a = torch::linspace(-1, 1, 24).view({2, 4, 3}), b = torch::linspace(-10, 10, 24).view({2, 3, 4});
+  const auto y = mm(a, b);
+  EXPECT_NEAR(mm->hook->input_qparams(0).scale[0], 2.0 / 255.0, 1e-7);
+  EXPECT_NEAR(mm->hook->input_qparams(1).scale[0], 20.0 / 255.0, 1e-6);
+  const QuantSpec act = QuantSpec::activation_default();
+  const auto want = torch::matmul(fake_quantize(a, range_qparams(act, a)), fake_quantize(b, range_qparams(act, b)));
+  EXPECT_TRUE(torch::equal(y, fake_quantize(want, range_qparams(act, want))));
+}
+
+TEST(QModules, ObserverStateRoundTrips) {
+  auto h = default_hook("x");
+  h->set_mode(QuantMode::observe);
+  h->input(torch::linspace(-1, 3, 50));
+  h->output(torch::linspace(0, 2, 50));
+  auto g = default_hook("x");
+  g->load_state(h->state());
+  EXPECT_EQ(g->input_qparams(), h->input_qparams());
+  EXPECT_EQ(g->output_qparams(), h->output_qparams());
+  auto other = default_hook("y");
+  EXPECT_NE(error_of([&] { other->load_state(h->state()); }).find("given to y"), std::string::npos);
+  EXPECT_NE(error_of([&] { default_hook("z")->output_qparams(); }).find("observed nothing"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace csipose
