@@ -42,15 +42,7 @@ int ptq(const Args& args) {
   ModelConfig mc;
   std::map<std::string, std::string> meta;
   auto model = load_eval_model(checkpoint, &mc, &meta);
-  DataConfig dc;
-  if (data_dir.empty()) {
-    auto it = meta.find("experiment_config");
-    CSIPOSE_CHECK(it != meta.end(), "ptq: ", checkpoint, " does not name its dataset; pass --data DIR");
-    dc = ExperimentConfig::parse(it->second, checkpoint + " [experiment_config]").data;
-  } else {
-    dc.root = data_dir;
-    dc.synth.clear();
-  }
+  DataConfig dc = checkpoint_data_config("ptq", checkpoint, meta, data_dir);
   const PoseDataset data = open_run_dataset(dc);
   const c10::Device dev = parse_device(device);
   model->to(dev);

@@ -133,15 +133,7 @@ int evaluate(const Args& args) {
   ModelConfig mc;
   std::map<std::string, std::string> meta;
   auto model = load_eval_model(checkpoint, &mc, &meta);
-  DataConfig dc;
-  if (data_dir.empty()) {
-    auto it = meta.find("experiment_config");
-    CSIPOSE_CHECK(it != meta.end(), "eval: ", checkpoint, " does not name its dataset; pass --data DIR");
-    dc = ExperimentConfig::parse(it->second, checkpoint + " [experiment_config]").data;
-  } else {
-    dc.root = data_dir;
-    dc.synth.clear();
-  }
+  DataConfig dc = checkpoint_data_config("eval", checkpoint, meta, data_dir);
   if (!split_file.empty()) dc.split_file = split_file;
   if (views.empty()) views = {"identity"};
   for (const auto& v : views) {  // validate through the same rules as the config's tta.views

@@ -354,6 +354,19 @@ std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelCon
   return ck.model;
 }
 
+DataConfig checkpoint_data_config(const std::string& command, const std::string& checkpoint,
+                                  const std::map<std::string, std::string>& metadata, const std::string& data_dir) {
+  if (!data_dir.empty()) {
+    DataConfig dc;
+    dc.root = data_dir;
+    dc.synth.clear();
+    return dc;
+  }
+  auto it = metadata.find("experiment_config");
+  CSIPOSE_CHECK(it != metadata.end(), command, ": ", checkpoint, " does not name its dataset; pass --data DIR");
+  return ExperimentConfig::parse(it->second, checkpoint + " [experiment_config]").data;
+}
+
 PoseDataset open_run_dataset(const DataConfig& config) {
   namespace fs = std::filesystem;
   const bool present = fs::exists(fs::path(config.root) / "csi_windows.npy") || fs::exists(fs::path(config.root) / "X.npy");

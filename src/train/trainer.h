@@ -123,6 +123,11 @@ void init_output_from_labels(PoseModelImpl& model, const torch::Tensor& y);
 std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelConfig* config = nullptr,
                                                std::map<std::string, std::string>* metadata = nullptr);
 
+/// The dataset a checkpoint is evaluated on: `data_dir` when given, else the data section of the
+/// experiment config the checkpoint carries (throws naming `command` when it carries none).
+DataConfig checkpoint_data_config(const std::string& command, const std::string& checkpoint,
+                                  const std::map<std::string, std::string>& metadata, const std::string& data_dir);
+
 /// Opens the run's dataset, generating it first from `data.synth` when the directory has none.
 PoseDataset open_run_dataset(const DataConfig& config);
 
