@@ -144,9 +144,10 @@ void RunDir::on_epoch_end(Trainer& trainer, const EpochStats& stats, const EvalM
   }
   trainer.save(last_checkpoint());
   if (!stderr_is_tty()) return;
-  std::fprintf(stderr, "epoch %3lld  loss %.5f  val/clean %s %s  %s  %.0f samples/s%s\n",
-               static_cast<long long>(stats.epoch), stats.loss, pck_name(0.2).c_str(),
-               pct(val.clean.pck.size() > 1 ? val.clean.pck[1] : 0.0).c_str(), ("lr " + fixed(stats.lr_last, 6)).c_str(),
+  // The monitored metric by its own name: the dataset's thresholds need not include 0.2.
+  const MonitorSpec& best = trainer.config().train.best;
+  std::fprintf(stderr, "epoch %3lld  loss %.5f  %s %.4f  lr %.2e  %.0f samples/s%s\n",
+               static_cast<long long>(stats.epoch), stats.loss, best.metric.c_str(), val.value(best), stats.lr_last,
                stats.samples_per_s, is_best ? "  *best" : "");
 }
 
