@@ -96,6 +96,7 @@ int train(const Args& args) {
   if (trainer.state().epoch > 0)
     std::printf("resuming after epoch %lld (step %lld)\n", static_cast<long long>(trainer.state().epoch),
                 static_cast<long long>(trainer.state().step));
+  std::fflush(stdout);  // before hours of stderr progress: the settings come first in a merged log
   fit(trainer, rd, stop_after);
   if (!trainer.finished()) {
     std::printf("stopped after epoch %lld of %lld; continue with: csipose train --resume %s\n",
