@@ -38,9 +38,8 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ beside the imported references (one is under tests/)
-sys.path.insert(0, os.path.join(HERE, 'python'))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests', 'models', 'python'))
-import pose_ref  # noqa: E402  (bench/python/pose_ref.py)
+import pose_ref  # noqa: E402  (tests/models/python/pose_ref.py)
 import wiflow_ref  # noqa: E402  (tests/models/python/wiflow_ref.py)
 
 DATASET_SIZE = 2048

@@ -255,54 +255,14 @@ TEST(PoseTransformer, MatchesPyTorchImplementation) {
   if (!testing::system_python_has_torch()) GTEST_SKIP() << "/usr/bin/python3 cannot import torch";
   // MODELS.md section 2 in PyTorch with nn.TransformerEncoderLayer(batch_first=True, gelu): loads
   // our weights strictly (names and shapes) and runs our input.
-  const std::string model_py = R"PY(
-import torch.nn as nn
-BONES = [(0,1),(0,2),(1,3),(2,4),(5,6),(5,7),(7,9),(6,8),(8,10),(5,11),(6,12),(11,12),(11,13),(13,15),(12,14),(14,16)]
-class GraphRefine(nn.Module):
-    def __init__(self, d, g, e, K=17):
-        super().__init__()
-        self.je = nn.Parameter(torch.zeros(K, e)) if e else None
-        self.inp, self.g1 = nn.Linear(d + e + 2, g), nn.Linear(g, g)
-        self.g2, self.out = nn.Linear(g, g), nn.Linear(g, 2)
-        A = torch.eye(K)
-        for i, j in BONES:
-            A[i, j] = A[j, i] = 1
-        self.register_buffer('A', A / A.sum(1, keepdim=True), persistent=False)
-    def forward(self, z, kp0):
-        N, K = kp0.shape[:2]
-        parts = [z.unsqueeze(1).expand(N, K, -1)]
-        if self.je is not None:
-            parts.append(self.je.unsqueeze(0).expand(N, -1, -1))
-        f = torch.relu(self.inp(torch.cat(parts + [kp0], -1)))
-        f = torch.relu(self.g1(self.A @ f))
-        f = torch.relu(self.g2(self.A @ f))
-        return kp0 + 0.3 * torch.tanh(self.out(f))
-class PoseTransformer(nn.Module):
-    def __init__(self, d, L, H, hh, g, e):
-        super().__init__()
-        self.pos = nn.Parameter(torch.zeros(1, 10, d))
-        self.proj = nn.Linear(342, d)
-        layer = nn.TransformerEncoderLayer(d, H, 2 * d, 0.2, activation='gelu', batch_first=True)
-        self.tf = nn.TransformerEncoder(layer, L)
-        self.att = nn.Linear(d, 1)
-        self.head = nn.Sequential(nn.Linear(d, hh), nn.GELU(), nn.Dropout(0.3), nn.Linear(hh, 34))
-        self.gr = GraphRefine(d, g, e) if g else None
-    def forward(self, x):
-        N = x.shape[0]
-        f = x.reshape(N, -1)
-        x = ((f - f.mean(1, keepdim=True)) / (f.std(1, keepdim=True) + 1e-6)).reshape(x.shape)
-        h = self.tf(self.proj(x.permute(0, 3, 1, 2).reshape(N, 10, 342)) + self.pos)
-        w = torch.softmax(self.att(h), 1)
-        z = (w * h).sum(1)
-        kp0 = torch.sigmoid(self.head(z)).view(N, 17, 2)
-        return self.gr(z, kp0) if self.gr is not None else kp0
-)PY";
+  // tests/models/python/pose_ref.py is the PyTorch model (also bench/train_reference.py's baseline).
+  const std::string model_py =
+      "import sys\nsys.path.insert(0, '" + testing::source_path("tests/models/python") + "')\nimport pose_ref\n";
   struct Case {
-    std::string preset, args;
+    std::string preset;
     PoseTransformer model{nullptr};
   };
-  std::vector<Case> cases = {{"pose_micro", "64, 1, 2, 64, 64, 0"}, {"pose_nano", "48, 1, 2, 48, 0, 0"},
-                             {"pose_flagship", "256, 4, 8, 256, 96, 32"}};
+  std::vector<Case> cases = {{"pose_micro"}, {"pose_nano"}, {"pose_flagship"}};
   TempDir dir;
   const torch::Tensor x = csi_batch(4);
   save_safetensors(dir.file("x.safetensors"), {{"x", x}});
@@ -315,7 +275,7 @@ class PoseTransformer(nn.Module):
     for (auto& p : c.model->parameters()) p.add_(torch::randn_like(p) * 0.05);
     save_safetensors(dir.file(c.preset + ".safetensors"), state_dict(*c.model), {{"preset", c.preset}});
     script += "w, meta, _, _ = st_read(os.path.join(HERE, '" + c.preset + ".safetensors'))\n"
-              "m = PoseTransformer(" + c.args + ")\n"
+              "m = pose_ref.build('" + c.preset + "')\n"
               "m.load_state_dict(w, strict=True)\n"
               "m.eval()\n"
               "with torch.no_grad():\n"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch reference of the pose-transformer family (shared/reference/MODELS.md section 2).
 
-The model is the inline `model_py` of tests/models/test_pose_transformer.cpp (validated there
-against csipose's C++ model: strict state-dict load, same outputs), turned into a module with
-named presets for bench/train_reference.py. Parameter names and shapes are the checkpoint layout
+Written from the spec, not from src/models/pose_transformer.cpp. tests/models/test_pose_transformer.cpp
+loads csipose weights into it (strict state-dict load) and compares outputs;
+bench/train_reference.py trains it as the PyTorch eager baseline. Parameter names and shapes are the checkpoint layout
 (tests/models/reference/pose_{micro,flagship}.state_dict.txt).
 
     x: (N, 3, 114, 10) -> standardize -> tokens (N, 10, 342) -> proj (N, 10, d) + pos
@@ -144,7 +144,7 @@ def state_dict_listing(model):
 
 def self_test():
     here = os.path.dirname(os.path.abspath(__file__))
-    ref_dir = os.path.join(here, '..', '..', 'tests', 'models', 'reference')
+    ref_dir = os.path.join(here, '..', 'reference')
     torch.manual_seed(0)
     for preset in PRESETS:
         model = build(preset)
