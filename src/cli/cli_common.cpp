@@ -13,6 +13,8 @@ const std::vector<Command>& commands() {
       {"train", "train a model from an experiment YAML into a run directory; --resume continues exactly", train},
       {"eval", "evaluate a checkpoint on a split under the locked metric (cpu or cuda), write result JSON", evaluate},
       {"train-bench", "time training steps of a model preset on resident synthetic data (samples/s as JSON)", train_bench},
+      {"qat", "quantization-aware training from a config with a qat: section (fp32 warm start -> QAT -> int8 report)", qat},
+      {"convert", "convert a QAT checkpoint to an int8 model (.csq) and evaluate fake-quant vs int8", convert},
       {"ptq", "post-training quantization (static with calibration, or dynamic), evaluated as fake-quant vs fp32", ptq},
       {"predict", "run a checkpoint over an input .npy in batches (cpu or cuda)", predict},
   };

@@ -12,6 +12,7 @@
 #include "data/npy_torch.h"
 #include "models/checkpoint.h"
 #include "models/registry.h"
+#include "train/trainer.h"
 
 namespace csipose::cli {
 namespace {
@@ -131,7 +132,7 @@ int predict(const Args& args) {
   std::string checkpoint, input, output, device_text;
   int64_t batch = 256;
   desc.add_options()
-      ("checkpoint", po::value(&checkpoint)->required(), "csipose checkpoint")
+      ("checkpoint", po::value(&checkpoint)->required(), "csipose checkpoint, QAT checkpoint or int8 model (.csq)")
       ("input", po::value(&input)->required(), "input .npy: (N, 540, 20) for WiFlow, (N, 3, 114, 10) for pose transformers")
       ("output", po::value(&output)->required(), "output .npy (N, J, 2) float32")
       ("device", po::value(&device_text)->default_value("auto"), "cpu | cuda | cuda:N | auto")
@@ -140,7 +141,10 @@ int predict(const Args& args) {
   if (!parse_options("predict", "--checkpoint CKPT --input X.npy --output Y.npy [--device cpu|cuda]", desc, args, vm)) return 0;
   CSIPOSE_CHECK(batch > 0, "--batch-size must be > 0, got ", batch);
   const c10::Device device = parse_device(device_text);
-  Checkpoint ck = load_checkpoint(checkpoint);
+  // The evaluation weights (EMA for a training checkpoint), a QAT checkpoint as its fake-quant
+  // model, or an int8 model (.csq).
+  Checkpoint ck;
+  ck.model = load_eval_model(checkpoint, &ck.config, &ck.metadata);
   torch::Tensor x = load_npy(input, NpyLoad::mmap);
   const auto want = ck.model->input_shape();
   bool ok = x.dim() == static_cast<int64_t>(want.size()) + 1;

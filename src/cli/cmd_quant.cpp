@@ -11,14 +11,92 @@
 #include "common/device.h"
 #include "common/version.h"
 #include "data/loader.h"
+#include "models/int8_checkpoint.h"
 #include "quant/prepare.h"
 #include "train/trainer.h"
 
 namespace csipose::cli {
+namespace {
+
+/// Converts a prepared model (static qparams) to int8, writes `out` and evaluates the model read
+/// back from it on `test`.
+EvalMetrics write_int8(PoseModelImpl& model, const ModelConfig& mc, const QuantPolicy& policy, const std::string& out,
+                       const std::map<std::string, std::string>& source_meta, const std::string& source,
+                       const PoseDataset& data, const EvalSet& test, const PoseLoss& loss, c10::Device dev) {
+  model.to(torch::kCPU);
+  PreparedModel p = prepared_hooks(model);
+  p.convert(model);
+  std::map<std::string, std::string> meta;
+  meta["metric"] = data.spec.describe();
+  meta["source"] = source;
+  meta["git_sha"] = git_sha();
+  if (auto it = source_meta.find("experiment_config"); it != source_meta.end()) meta["experiment_config"] = it->second;
+  save_int8_checkpoint(out, mc, policy, model, meta);
+  auto int8 = load_int8_checkpoint(out);
+  int8.model->to(dev);
+  return test.evaluate(*int8.model, loss, {"identity"});
+}
+
+void print_row(const char* name, const EvalMetrics& m) {
+  std::printf("%-24s %7.2f%% %7.2f%% %7.2f%% %7.2f%% %10.6f\n", name, 100 * m.full.pck_at(0.2), 100 * m.full.pck_at(0.5),
+              100 * m.clean.pck_at(0.2), 100 * m.clean.pck_at(0.5), m.clean.mpjpe);
+}
+
+void print_header() {
+  std::printf("%-24s %8s %8s %8s %8s %10s\n", "model", "PCK@20", "PCK@50", "cln@20", "cln@50", "cln MPJPE");
+}
+
+}  // namespace
+
+int convert(const Args& args) {
+  po::options_description desc("options");
+  std::string checkpoint, out, data_dir, device, json;
+  desc.add_options()
+      ("checkpoint", po::value(&checkpoint)->required(), "QAT checkpoint (a qat run's checkpoints/best or last)")
+      ("out", po::value(&out)->required(), "int8 model file to write (.csq)")
+      ("data", po::value(&data_dir), "dataset directory for the evaluation (default: the checkpoint's)")
+      ("device", po::value(&device)->default_value("cpu"), "evaluation device: cpu | cuda | cuda:N | auto")
+      ("json", po::value(&json)->default_value(""), "write the result JSON here");
+  po::variables_map vm;
+  if (!parse_options("convert", "--checkpoint C --out M.csq [--data DIR] [--json OUT]", desc, args, vm)) return 0;
+  ModelConfig mc;
+  std::map<std::string, std::string> meta;
+  auto model = load_eval_model(checkpoint, &mc, &meta);
+  CSIPOSE_CHECK(meta.count("quant_state"), "convert: ", checkpoint,
+                " is not a QAT checkpoint (no quantization state); quantize an fp32 checkpoint with "
+                "`csipose ptq --mode static --out M.csq` or train it with `csipose qat`");
+  const ExperimentConfig exp = ExperimentConfig::parse(meta.at("experiment_config"), checkpoint + " [experiment_config]");
+  DataConfig dc = checkpoint_data_config("convert", checkpoint, meta, data_dir);
+  const PoseDataset data = open_run_dataset(dc);
+  const c10::Device dev = parse_device(device);
+  const PoseLoss loss(skeleton_bones(data.spec.skeleton), data.num_joints());
+  const EvalSet test(data, Split::test, dev, 256);
+  model->to(dev);
+  const EvalMetrics fq = test.evaluate(*model, loss, {"identity"});
+  const EvalMetrics i8 = write_int8(*model, mc, exp.qat.policy, out, meta, checkpoint, data, test, loss, dev);
+  const Int8Size size = int8_checkpoint_size(out);
+  std::printf("convert %s -> %s (%lld bytes: %lld int8 weights + int32 biases, %lld float), test split on %s:\n",
+              checkpoint.c_str(), out.c_str(), static_cast<long long>(size.file_bytes),
+              static_cast<long long>(size.int8_weight_bytes), static_cast<long long>(size.float_bytes), dev.str().c_str());
+  print_header();
+  print_row("fake-quant", fq);
+  print_row("int8", i8);
+  std::printf("fake-quant - int8: %.2f points PCK@20 (full), %.2f (clean)\nmetric: %s\n",
+              100 * (fq.full.pck_at(0.2) - i8.full.pck_at(0.2)), 100 * (fq.clean.pck_at(0.2) - i8.clean.pck_at(0.2)),
+              data.spec.describe().c_str());
+  if (!json.empty()) {
+    Json j = Json::object();
+    j.set("checkpoint", checkpoint).set("int8_model", out).set("device", dev.str()).set("git_sha", git_sha());
+    j.set("metric_definition", data.spec.describe()).set("fake_quant", fq.to_json()).set("int8", i8.to_json());
+    j.set("int8_file_bytes", size.file_bytes).set("int8_weight_bytes", size.int8_weight_bytes);
+    write_text_atomic(json, j.dump(2) + "\n");
+  }
+  return 0;
+}
 
 int ptq(const Args& args) {
   po::options_description desc("options");
-  std::string checkpoint, data_dir, mode, observer, policy_file, device, json, calib_out;
+  std::string checkpoint, data_dir, mode, observer, policy_file, device, json, calib_out, int8_out;
   int64_t calibration = 32, batch = 64, seed = 0;
   desc.add_options()
       ("checkpoint", po::value(&checkpoint)->required(), "fp32 checkpoint (training, best or weights init)")
@@ -32,11 +110,13 @@ int ptq(const Args& args) {
       ("seed", po::value(&seed)->default_value(0), "seed of the calibration batch order")
       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N | auto")
       ("calibration-out", po::value(&calib_out)->default_value(""), "write the calibration set (window indices) and observer states here (JSON)")
+      ("out", po::value(&int8_out)->default_value(""), "static: also convert to int8, write this .csq and evaluate it")
       ("json", po::value(&json)->default_value(""), "write the result JSON here");
   po::variables_map vm;
   if (!parse_options("ptq", "--checkpoint C [--mode static|dynamic] [--calibration N] [--json OUT]", desc, args, vm)) return 0;
   CSIPOSE_CHECK(mode == "static" || mode == "dynamic", "ptq: --mode must be static or dynamic, got \"", mode, "\"");
   CSIPOSE_CHECK(calibration > 0 && batch > 0, "ptq: --calibration and --batch-size must be > 0");
+  CSIPOSE_CHECK(int8_out.empty() || mode == "static", "ptq: --out needs --mode static (dynamic qparams are per call)");
   CSIPOSE_CHECK(observer == "minmax" || observer == "histogram", "ptq: --observer must be minmax or histogram, got \"", observer, "\"");
 
   ModelConfig mc;
@@ -57,7 +137,7 @@ int ptq(const Args& args) {
     oc.type = observer == "histogram" ? ObserverType::histogram : ObserverType::minmax;
     policy.activation_observer = mode == "dynamic" ? ObserverConfig{} : oc;
   }
-  PreparedModel prepared = prepare(*model, policy);
+  PreparedModel prepared = prepare(*model, policy, model->bn_fold_pairs());
   Json calib = Json::object();
   if (mode == "static") {
     LoaderOptions o;
@@ -87,23 +167,23 @@ int ptq(const Args& args) {
     calib.set("policy", policy.to_yaml()).set("observers", prepared.state());
     write_text_atomic(calib_out, calib.dump() + "\n");
   }
+  std::optional<EvalMetrics> i8;
+  if (!int8_out.empty()) i8 = write_int8(*model, mc, policy, int8_out, meta, checkpoint, data, test, loss, dev);
 
   std::printf("ptq %s of %s (%zu quantized ops) on %s, test split:\n", mode.c_str(), checkpoint.c_str(),
               prepared.hooks.size(), dev.str().c_str());
-  std::printf("%-22s %8s %8s %8s %10s\n", "model", "PCK@20", "PCK@50", "clean@20", "MPJPE");
-  auto row = [](const char* name, const EvalMetrics& m) {
-    std::printf("%-22s %7.2f%% %7.2f%% %7.2f%% %10.6f\n", name, 100 * m.full.pck_at(0.2), 100 * m.full.pck_at(0.5),
-                100 * m.clean.pck_at(0.2), m.clean.mpjpe);
-  };
-  row("fp32", fp32);
-  row(mode == "static" ? "fake-quant (PTQ static)" : "fake-quant (PTQ dyn.)", q);
+  print_header();
+  print_row("fp32", fp32);
+  print_row(mode == "static" ? "fake-quant (PTQ static)" : "fake-quant (PTQ dyn.)", q);
+  if (i8) print_row("int8 (PTQ static)", *i8);
   std::printf("metric: %s\n", data.spec.describe().c_str());
   if (!json.empty()) {
     Json j = Json::object();
     j.set("checkpoint", checkpoint).set("mode", mode).set("device", dev.str()).set("git_sha", git_sha());
     j.set("quantized_ops", static_cast<int64_t>(prepared.hooks.size())).set("policy", policy.to_yaml());
     j.set("metric_definition", data.spec.describe()).set("fp32", fp32.to_json()).set("fake_quant", q.to_json());
-    j.set("note", "fake-quant evaluation of the PTQ model (the int8 conversion is a later step)");
+    j.set("folded_batchnorms", prepared.folded_bn());
+    if (i8) j.set("int8", i8->to_json()).set("int8_model", int8_out);
     write_text_atomic(json, j.dump(2) + "\n");
   }
   return 0;

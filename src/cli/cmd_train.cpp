@@ -57,7 +57,10 @@ void print_metrics_table(const std::vector<const PoseMetrics*>& rows) {
 
 }  // namespace
 
-int train(const Args& args) {
+namespace {
+
+int train_or_qat(const Args& args, bool qat) {
+  const char* cmd = qat ? "qat" : "train";
   po::options_description desc("options");
   std::string config, run_dir, resume, device, init_from;
   std::vector<std::string> sets;
@@ -68,18 +71,26 @@ int train(const Args& args) {
       ("run-dir", po::value(&run_dir), "run directory (default experiments/<name>)")
       ("resume", po::value(&resume), "continue the run in this directory exactly where its last checkpoint ends")
       ("device", po::value(&device), "cpu | cuda | cuda:N | auto (default: the config's device)")
-      ("init-from", po::value(&init_from), "start from these weights (checkpoint or weight file): a new run, not a resume")
+      ("init-from", po::value(&init_from),
+       qat ? "fp32 warm start (checkpoint or weight file); sets qat.init_from, the fp32 reference of the report"
+           : "start from these weights (checkpoint or weight file): a new run, not a resume")
       ("stop-after", po::value(&stop_after)->default_value(0),
        "stop after this many epochs in this invocation (0 = run to the end); continue later with --resume");
   po::variables_map vm;
-  if (!parse_options("train", "--config FILE [--set k=v ...] [--run-dir D] | --resume D", desc, args, vm)) return 0;
-  CSIPOSE_CHECK(config.empty() != resume.empty(), "train: give either --config (a new run) or --resume DIR");
-  CSIPOSE_CHECK(resume.empty() || (sets.empty() && init_from.empty() && run_dir.empty()),
-                "train: --resume continues a run with its own config.yaml; --set, --init-from and --run-dir start "
+  if (!parse_options(cmd, "--config FILE [--set k=v ...] [--run-dir D] | --resume D", desc, args, vm)) return 0;
+  CSIPOSE_CHECK(config.empty() != resume.empty(), cmd, ": give either --config (a new run) or --resume DIR");
+  CSIPOSE_CHECK(resume.empty() || (sets.empty() && init_from.empty() && run_dir.empty()), cmd,
+                ": --resume continues a run with its own config.yaml; --set, --init-from and --run-dir start "
                 "a new run (use --config)");
-  CSIPOSE_CHECK(stop_after >= 0, "train: --stop-after must be >= 0, got ", stop_after);
+  CSIPOSE_CHECK(stop_after >= 0, cmd, ": --stop-after must be >= 0, got ", stop_after);
+  if (qat && !init_from.empty()) {
+    sets.push_back("qat.init_from=" + init_from);
+    init_from.clear();
+  }
 
   ExperimentConfig cfg = resume.empty() ? ExperimentConfig::load(config, sets) : RunDir::open(resume).config();
+  CSIPOSE_CHECK(cfg.qat.enabled == qat, cmd, ": ", qat ? "the config has no qat: section (use `csipose train` for fp32)"
+                                                         : "the config has a qat: section; run it with `csipose qat`");
   const c10::Device dev = parse_device(device.empty() ? cfg.device : device);
   const std::string dir = !resume.empty() ? resume : !run_dir.empty() ? run_dir : "experiments/" + cfg.name;
   const PoseDataset data = open_run_dataset(cfg.data);
@@ -99,8 +110,8 @@ int train(const Args& args) {
   std::fflush(stdout);  // before hours of stderr progress: the settings come first in a merged log
   fit(trainer, rd, stop_after);
   if (!trainer.finished()) {
-    std::printf("stopped after epoch %lld of %lld; continue with: csipose train --resume %s\n",
-                static_cast<long long>(trainer.state().epoch), static_cast<long long>(cfg.train.epochs), dir.c_str());
+    std::printf("stopped after epoch %lld of %lld; continue with: csipose %s --resume %s\n",
+                static_cast<long long>(trainer.state().epoch), static_cast<long long>(cfg.train.epochs), cmd, dir.c_str());
     return 0;
   }
   const Json report = rd.write_report(trainer, data);
@@ -110,9 +121,34 @@ int train(const Args& args) {
   const PoseMetrics full = PoseMetrics::from_json(report.at("test").at("full"));
   const PoseMetrics clean = PoseMetrics::from_json(report.at("test").at("clean"));
   print_metrics_table({&full, &clean});
+  if (qat) {
+    const Json& q = report.at("quantization");
+    std::printf("(fake-quant model) -> int8 %s\n", q.at("int8_model").as_string().c_str());
+    const PoseMetrics i8f = PoseMetrics::from_json(q.at("int8").at("full"));
+    const PoseMetrics i8c = PoseMetrics::from_json(q.at("int8").at("clean"));
+    std::printf("int8:\n");
+    print_metrics_table({&i8f, &i8c});
+    if (!q.at("fp32").is_null()) {
+      const PoseMetrics f32f = PoseMetrics::from_json(q.at("fp32").at("full"));
+      const PoseMetrics f32c = PoseMetrics::from_json(q.at("fp32").at("clean"));
+      std::printf("fp32 (warm start %s):\n", cfg.qat.init_from.c_str());
+      print_metrics_table({&f32f, &f32c});
+    }
+    const Json& g = q.at("gaps").at("clean");
+    std::printf("PCK@20 clean gaps: fake-quant - int8 = %.2f points",
+                g.at("fake_quant_minus_int8_pck@20_points").as_double());
+    if (g.contains("fp32_minus_int8_pck@20_points"))
+      std::printf(", fp32 - int8 = %.2f points", g.at("fp32_minus_int8_pck@20_points").as_double());
+    std::printf("\n");
+  }
   std::printf("metric: %s\nreport: %s/report.md\n", data.spec.describe().c_str(), dir.c_str());
   return 0;
 }
+
+}  // namespace
+
+int train(const Args& args) { return train_or_qat(args, false); }
+int qat(const Args& args) { return train_or_qat(args, true); }
 
 int evaluate(const Args& args) {
   po::options_description desc("options");
@@ -150,8 +186,11 @@ int evaluate(const Args& args) {
   const auto t0 = std::chrono::steady_clock::now();
   const EvalMetrics m = set.evaluate(*model, loss, views);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("checkpoint %s (%s, weights %s) on %s\n", checkpoint.c_str(),
-              mc.preset.empty() ? to_string(mc.type) : mc.preset.c_str(),
+  const std::string kind = meta.count("format") && meta["format"] == "int8" ? "int8 model"
+                           : meta.count("quant_state")                       ? "fake-quant (QAT)"
+                                                                             : "fp32";
+  std::printf("checkpoint %s (%s, %s, weights %s) on %s\n", checkpoint.c_str(),
+              mc.preset.empty() ? to_string(mc.type) : mc.preset.c_str(), kind.c_str(),
               meta.count("eval_weights") ? meta["eval_weights"].c_str() : "model", dev.str().c_str());
   print_metrics_table({&m.full, &m.clean});
   std::printf("metric: %s\n", data.spec.describe().c_str());
@@ -159,7 +198,7 @@ int evaluate(const Args& args) {
     Json j = Json::object();
     j.set("checkpoint", checkpoint).set("data", data.root).set("device", dev.str()).set("seconds", secs);
     j.set("model", mc.preset.empty() ? std::string(to_string(mc.type)) : mc.preset);
-    j.set("metric_definition", data.spec.describe()).set("result", m.to_json());
+    j.set("numerics", kind).set("metric_definition", data.spec.describe()).set("result", m.to_json());
     write_text_atomic(json, j.dump(2) + "\n");
   }
   return 0;

@@ -25,6 +25,8 @@ int train(const Args& args);
 int evaluate(const Args& args);
 int train_bench(const Args& args);
 int ptq(const Args& args);
+int qat(const Args& args);
+int convert(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();

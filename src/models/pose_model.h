@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace csipose {
@@ -22,6 +23,9 @@ class PoseModelImpl : public torch::nn::Module {
   /// Multiply-accumulates of one forward pass for one sample (convolutions, linears, attention
   /// products; elementwise ops and normalization excluded).
   virtual int64_t macs_per_sample() const = 0;
+  /// (conv, BatchNorm) module-name pairs where the BatchNorm directly follows the conv in forward
+  /// (nothing but a time crop between them), so that quantization may fold it (quant/prepare.h).
+  virtual std::vector<std::pair<std::string, std::string>> bn_fold_pairs() const { return {}; }
 };
 
 /// Number of trainable parameters (what the published counts refer to).

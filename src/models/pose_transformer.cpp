@@ -222,9 +222,7 @@ PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, dou
 
 torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
-  const bool q8 = hook && hook->mode() != QuantMode::off;
-  const auto proj = q8 ? hook->output(torch::nn::functional::linear(hook->input(x), hook->weight(in_proj_weight), in_proj_bias))
-                       : torch::nn::functional::linear(x, in_proj_weight, in_proj_bias);
+  const auto proj = quantized_linear(hook.get(), is_training(), x, in_proj_weight, in_proj_bias);
   const auto qkv = proj.chunk(3, /*dim=*/-1);
   // (N, T, d) -> (N, H, T, hd)
   auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };

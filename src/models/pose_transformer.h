@@ -103,6 +103,8 @@ class PoseSelfAttentionImpl : public torch::nn::Module, public Quantizable {
   /// x: (N, T, d) -> (N, T, d)
   torch::Tensor forward(const torch::Tensor& x);
   const char* op_kind() const override { return "linear"; }
+  torch::Tensor op_weight() const override { return in_proj_weight; }
+  torch::Tensor op_bias() const override { return in_proj_bias; }
 
   torch::Tensor in_proj_weight, in_proj_bias;
   QLinear out_proj{nullptr};

@@ -4,6 +4,7 @@
 #include <torch/nn/modules/activation.h>
 
 #include <algorithm>
+#include <cctype>
 #include <numeric>
 #include <optional>
 #include <sstream>
@@ -288,20 +289,20 @@ TcnBlockImpl::TcnBlockImpl(const TcnBlockOptions& o) : chomp_(2 * o.dilation) {
   const int64_t pad = (kTcnKernel - 1) * o.dilation;  // = chomp_
   conv1_group = register_module("conv1_group", conv1d(o.in_channels, o.in_channels, kTcnKernel, o.groups_in,
                                                       o.dilation, pad));
-  bn1_group = register_module("bn1_group", torch::nn::BatchNorm1d(o.in_channels));
+  bn1_group = register_module("bn1_group", QBatchNorm1d(o.in_channels));
   conv1_pw = register_module("conv1_pw", conv1d(o.in_channels, o.out_channels, /*kernel=*/1, o.pw_groups));
-  bn1_pw = register_module("bn1_pw", torch::nn::BatchNorm1d(o.out_channels));
+  bn1_pw = register_module("bn1_pw", QBatchNorm1d(o.out_channels));
   dropout1 = register_module("dropout1", torch::nn::Dropout(o.dropout));
   conv2_group = register_module("conv2_group", conv1d(o.out_channels, o.out_channels, kTcnKernel, o.groups_out,
                                                       o.dilation, pad));
-  bn2_group = register_module("bn2_group", torch::nn::BatchNorm1d(o.out_channels));
+  bn2_group = register_module("bn2_group", QBatchNorm1d(o.out_channels));
   conv2_pw = register_module("conv2_pw", conv1d(o.out_channels, o.out_channels, /*kernel=*/1, /*groups=*/1));
-  bn2_pw = register_module("bn2_pw", torch::nn::BatchNorm1d(o.out_channels));
+  bn2_pw = register_module("bn2_pw", QBatchNorm1d(o.out_channels));
   dropout2 = register_module("dropout2", torch::nn::Dropout(o.dropout));
   if (o.in_channels != o.out_channels)
     downsample = register_module(
         "downsample", torch::nn::Sequential(conv1d(o.in_channels, o.out_channels, /*kernel=*/1, o.pw_groups),
-                                            torch::nn::BatchNorm1d(o.out_channels)));
+                                            QBatchNorm1d(o.out_channels)));
 }
 
 torch::Tensor TcnBlockImpl::forward(const torch::Tensor& x) {
@@ -333,18 +334,18 @@ torch::Tensor TemporalConvNetImpl::forward(torch::Tensor x) {
 ResidualBlock2dImpl::ResidualBlock2dImpl(int64_t in, int64_t out, int64_t stride, double dropout2d) {
   block = register_module(
       "block", torch::nn::Sequential(conv_along_w(in, out, /*kernel=*/3, stride, /*bias=*/true),   // 0
-                                     torch::nn::BatchNorm2d(out),                                  // 1
+                                     QBatchNorm2d(out),                                            // 1
                                      torch::nn::SiLU(),                                            // 2
                                      torch::nn::Dropout2d(dropout2d),                              // 3
                                      conv_along_w(out, out, /*kernel=*/3, /*stride=*/1, /*bias=*/true),  // 4
-                                     torch::nn::BatchNorm2d(out),                                  // 5
+                                     QBatchNorm2d(out),                                            // 5
                                      torch::nn::SiLU(),                                            // 6
                                      torch::nn::Dropout2d(dropout2d),                              // 7
                                      conv_along_w(out, out, /*kernel=*/3, /*stride=*/1, /*bias=*/true),  // 8
-                                     torch::nn::BatchNorm2d(out)));                                // 9
+                                     QBatchNorm2d(out)));                                          // 9
   downsample = register_module(
       "downsample", torch::nn::Sequential(conv_along_w(in, out, /*kernel=*/1, stride, /*bias=*/false),
-                                          torch::nn::BatchNorm2d(out)));
+                                          QBatchNorm2d(out)));
 }
 
 torch::Tensor ResidualBlock2dImpl::forward(const torch::Tensor& x) {
@@ -359,7 +360,7 @@ AxialAttentionImpl::AxialAttentionImpl(int64_t channels, int64_t groups, bool al
   qkv_transform = register_module("qkv_transform", conv1d(channels, 3 * channels, /*kernel=*/1, /*groups=*/1));
   scores_mm = register_module("scores_mm", QMatmul());
   context_mm = register_module("context_mm", QMatmul());
-  bn_qkv = register_module("bn_qkv", torch::nn::BatchNorm1d(3 * channels));
+  bn_qkv = register_module("bn_qkv", QBatchNorm1d(3 * channels));
   bn_similarity = register_module("bn_similarity", torch::nn::BatchNorm2d(groups));
   bn_output = register_module("bn_output", torch::nn::BatchNorm1d(channels));
 }
@@ -409,12 +410,38 @@ WiFlowImpl::WiFlowImpl(const WiFlowConfig& config) : config_(config) {
   attention = register_module("attention", wiflow::DualAxialAttention(C, c.attn_groups));
   decoder = register_module(
       "decoder", torch::nn::Sequential(QConv2d(torch::nn::Conv2dOptions(C, hidden, 3).padding(1)),  // 0
-                                       torch::nn::BatchNorm2d(hidden),                                       // 1
+                                       QBatchNorm2d(hidden),                                                 // 1
                                        torch::nn::SiLU(),                                                    // 2
                                        QConv2d(torch::nn::Conv2dOptions(hidden, 2, 1)),            // 3
-                                       torch::nn::BatchNorm2d(2),                                            // 4
+                                       QBatchNorm2d(2),                                                      // 4
                                        torch::nn::SiLU()));                                                  // 5
   reset_parameters();
+}
+
+std::vector<std::pair<std::string, std::string>> WiFlowImpl::bn_fold_pairs() const {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  const auto modules = named_modules("", /*include_self=*/false);
+  auto replace_last = [](const std::string& name, const std::string& last) {
+    const size_t dot = name.rfind('.');
+    return (dot == std::string::npos ? std::string() : name.substr(0, dot + 1)) + last;
+  };
+  for (const auto& item : modules) {
+    const std::string& name = item.key();
+    if (dynamic_cast<Quantizable*>(item.value().get()) == nullptr) continue;
+    const size_t dot = name.rfind('.');
+    const std::string last = dot == std::string::npos ? name : name.substr(dot + 1);
+    std::string bn;
+    if (last.rfind("conv", 0) == 0) {
+      bn = replace_last(name, "bn" + last.substr(4));                      // conv1_group -> bn1_group
+    } else if (last == "qkv_transform") {
+      bn = replace_last(name, "bn_qkv");
+    } else if (!last.empty() && std::isdigit(static_cast<unsigned char>(last[0]))) {
+      bn = replace_last(name, std::to_string(std::stoll(last) + 1));        // Sequential: conv K, BN K+1
+    }
+    if (!bn.empty() && modules.contains(bn) && dynamic_cast<FoldableBn*>(modules[bn].get()) != nullptr)
+      pairs.emplace_back(name, bn);
+  }
+  return pairs;
 }
 
 void WiFlowImpl::reset_parameters() {

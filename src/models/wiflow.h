@@ -114,7 +114,7 @@ class TcnBlockImpl : public torch::nn::Module {
  private:
   int64_t chomp_;  // 2 * dilation: samples the causal convs compute past the window's end
   QConv1d conv1_group{nullptr}, conv1_pw{nullptr}, conv2_group{nullptr}, conv2_pw{nullptr};
-  torch::nn::BatchNorm1d bn1_group{nullptr}, bn1_pw{nullptr}, bn2_group{nullptr}, bn2_pw{nullptr};
+  QBatchNorm1d bn1_group{nullptr}, bn1_pw{nullptr}, bn2_group{nullptr}, bn2_pw{nullptr};
   torch::nn::Dropout dropout1{nullptr}, dropout2{nullptr};
   torch::nn::Sequential downsample{nullptr};  // null = identity (cin == cout)
 };
@@ -157,7 +157,7 @@ class AxialAttentionImpl : public torch::nn::Module {
   QConv1d qkv_transform{nullptr};  // C -> 3C, 1x1, no bias
   QMatmul scores_mm{nullptr};      // q^T k (no parameters: a quantization point with a name)
   QMatmul context_mm{nullptr};     // v p^T
-  torch::nn::BatchNorm1d bn_qkv{nullptr};     // 3C
+  QBatchNorm1d bn_qkv{nullptr};               // 3C (folded into qkv_transform when quantized)
   torch::nn::BatchNorm2d bn_similarity{nullptr};  // groups, on the (groups, L, L) scores
   torch::nn::BatchNorm1d bn_output{nullptr};  // C
 };
@@ -189,6 +189,11 @@ class WiFlowImpl : public PoseModelImpl {
   /// conv that the causal chomp discards, the qkv projections and both attention products
   /// (q.k and p.v). BatchNorm, activations, pooling and conv biases are excluded.
   int64_t macs_per_sample() const override { return wiflow_macs_per_sample(config_); }
+  /// Every conv with its BatchNorm: TCN convX_Y -> bnX_Y, downsample.0 -> .1, encoder block.K ->
+  /// block.K+1, qkv_transform -> bn_qkv, decoder.0 -> .1 and .3 -> .4. (The TCN's grouped convs
+  /// are cropped to T before their BatchNorm; a folded BatchNorm's batch statistics during QAT
+  /// include the cropped samples, its running statistics and frozen / eval form are exact.)
+  std::vector<std::pair<std::string, std::string>> bn_fold_pairs() const override;
 
   const WiFlowConfig& config() const { return config_; }
 

@@ -168,6 +168,7 @@ LayerScheme QuantPolicy::resolve(const std::string& name) const {
 
 QuantPolicy QuantPolicy::from_yaml(const ConfigNode& node) {
   QuantPolicy p;
+  if (node.has("fold_bn")) p.fold_bn = node.get<bool>("fold_bn");
   bool weight_observer_set = false;
   if (node.has("observers")) {
     const ConfigNode obs = node.child("observers");
@@ -233,6 +234,7 @@ QuantPolicy QuantPolicy::load_file(const std::string& path, const std::vector<st
 
 std::string QuantPolicy::to_yaml() const {
   std::ostringstream o;
+  o << "fold_bn: " << (fold_bn ? "true" : "false") << "\n";
   o << "defaults:\n" << side_yaml("weights", defaults.weights, 2) << side_yaml("activations", defaults.activations, 2);
   o << "observers:\n"
     << "  weights:\n"
@@ -276,7 +278,7 @@ void QuantPolicy::validate() const {
 }
 
 bool QuantPolicy::operator==(const QuantPolicy& o) const {
-  return defaults == o.defaults && weight_observer == o.weight_observer &&
+  return fold_bn == o.fold_bn && defaults == o.defaults && weight_observer == o.weight_observer &&
          activation_observer == o.activation_observer && rules == o.rules;
 }
 

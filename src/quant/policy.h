@@ -4,6 +4,8 @@
 // sets the weight and / or activation format of the layers it matches; the FIRST matching rule
 // wins, and what it leaves unset (or every side of a layer no rule matches) takes the defaults.
 //
+//   fold_bn: true               # optional (default true): fold each BatchNorm into the conv
+//                               # before it (the model's bn_fold_pairs; quant/qmodules.h)
 //   defaults:                   # optional; these are the built-in defaults
 //     weights:     {bits: 8, signed: true, symmetric: true, granularity: per_channel, axis: 0}
 //     activations: {bits: 8, signed: true, symmetric: false, granularity: per_tensor}
@@ -61,6 +63,8 @@ struct QuantRule {
 };
 
 struct QuantPolicy {
+  /// Fold BatchNorms into the quantized conv before them (prepare's fold pairs).
+  bool fold_bn = true;
   /// Built-in: QuantSpec::weight_default() and QuantSpec::activation_default().
   LayerScheme defaults{QuantSpec::weight_default(), QuantSpec::activation_default()};
   /// Built-in: per_channel_minmax.

@@ -29,6 +29,13 @@ struct PreparedModel {
   void set_mode(QuantMode m);
   void freeze_observers(bool frozen);
   void set_dynamic(bool dynamic);
+  /// Freezes (or releases) every folded BatchNorm's statistics (QAT's BN-freeze epoch).
+  void freeze_bn(bool frozen);
+  /// Number of hooks with a folded BatchNorm.
+  int64_t folded_bn() const;
+  /// Converts every op to its int8 form (QuantHook::convert) from the weights in `model`, which
+  /// must be the module this PreparedModel was made from; afterwards the hooks are in int8 mode.
+  void convert(torch::nn::Module& model);
   /// Every hook's observer state, by name (for QAT checkpoints and calibration files).
   Json state() const;
   /// Restores state(); the set of hooks must match exactly.
@@ -37,7 +44,13 @@ struct PreparedModel {
   std::string describe() const;
 };
 
-PreparedModel prepare(torch::nn::Module& model, const QuantPolicy& policy);
+/// `fold_pairs`: (conv, BatchNorm) module names (PoseModelImpl::bn_fold_pairs); with
+/// policy.fold_bn, each BatchNorm (a FoldableBn) is folded into its conv when the conv has a hook
+/// with quantized weights (see QuantHook, "BatchNorm folding"). Unknown names are an error.
+PreparedModel prepare(torch::nn::Module& model, const QuantPolicy& policy,
+                      const std::vector<std::pair<std::string, std::string>>& fold_pairs = {});
 void unprepare(torch::nn::Module& model);
+/// The hooks already attached to `model` (by an earlier prepare), in named_modules order.
+PreparedModel prepared_hooks(torch::nn::Module& model);
 
 }  // namespace csipose

@@ -2,6 +2,10 @@
 
 #include <torch/nn/functional/conv.h>
 #include <torch/torch.h>
+#include <torch/version.h>
+
+#include <functional>
+#include <variant>
 
 #include "common/check.h"
 #include "quant/fake_quant.h"
@@ -13,6 +17,7 @@ const char* to_string(QuantMode m) {
     case QuantMode::off: return "off";
     case QuantMode::observe: return "observe";
     case QuantMode::fake_quant: return "fake_quant";
+    case QuantMode::int8: return "int8";
   }
   return "?";
 }
@@ -29,8 +34,11 @@ QuantHook::QuantHook(std::string name, std::optional<QuantSpec> activations, std
   }
 }
 
+bool FoldableBn::folded_active() const { return folded_into && folded_into->mode() != QuantMode::off; }
+
 torch::Tensor QuantHook::apply(Point& p, const torch::Tensor& x) {
   if (mode_ == QuantMode::off || !p.spec) return x;
+  CSIPOSE_CHECK(mode_ != QuantMode::int8, "QuantHook ", name_, ": a converted op has no fake-quant points");
   if (dynamic_) p.observer->reset();
   if (!frozen_ || dynamic_) p.observer->observe(x.detach());
   if (mode_ == QuantMode::observe) return x;
@@ -65,9 +73,70 @@ QuantParams QuantHook::weight_qparams(const torch::Tensor& w) const {
   return p;
 }
 
-torch::Tensor QuantHook::weight(const torch::Tensor& w) const {
+torch::Tensor QuantHook::weight(const torch::Tensor& w, QuantParams* used) const {
   if (mode_ != QuantMode::fake_quant || !weight_spec_) return w;
-  return fake_quantize(w, weight_qparams(w), weight_spec_->rounding);
+  const QuantParams p = weight_qparams(w);
+  if (used != nullptr) *used = p;
+  return fake_quantize(w, p, weight_spec_->rounding);
+}
+
+torch::Tensor QuantHook::bias(const torch::Tensor& b, const std::optional<QuantParams>& w_params) const {
+  if (!b.defined() || mode_ != QuantMode::fake_quant || !w_params || !quantizes_activations()) return b;
+  const float s_in = points_[0].observer->qparams().scale[0];
+  const torch::Tensor bq = dequantize_bias(quantize_bias(b.detach(), s_in, *w_params), s_in, *w_params);
+  return b + (bq - b).detach();
+}
+
+Rounding QuantHook::activation_rounding() const {
+  return points_[0].spec ? points_[0].spec->rounding : Rounding::half_even;
+}
+
+std::pair<torch::Tensor, torch::Tensor> QuantHook::effective_weight_bias(const torch::Tensor& w,
+                                                                          const torch::Tensor& b) const {
+  if (bn_ == nullptr) return {w, b};
+  const int64_t out = w.size(0);
+  CSIPOSE_CHECK(bn_->bn_features() == out, "QuantHook ", name_, ": folded BatchNorm has ", bn_->bn_features(),
+                " features, the weight ", out, " output channels");
+  const torch::Tensor inv_std = (bn_->bn_running_var() + bn_->bn_eps()).rsqrt();
+  const torch::Tensor gamma = bn_->bn_weight();
+  const torch::Tensor a = gamma.defined() ? gamma * inv_std : inv_std;
+  std::vector<int64_t> shape(static_cast<size_t>(w.dim()), 1);
+  shape[0] = out;
+  const torch::Tensor w_f = w * a.reshape(shape);
+  torch::Tensor b_f = ((b.defined() ? b : torch::zeros_like(a)) - bn_->bn_running_mean()) * a;
+  if (bn_->bn_bias().defined()) b_f = b_f + bn_->bn_bias();
+  return {w_f, b_f};
+}
+
+void QuantHook::convert(const torch::Tensor& w_eff, const torch::Tensor& b_eff) {
+  CSIPOSE_CHECK(!dynamic_, "QuantHook ", name_,
+                ": a dynamic-quantization op has per-call activation qparams; convert needs frozen ones "
+                "(calibrate with static PTQ or train with QAT)");
+  torch::NoGradGuard no_grad;
+  Int8State s;
+  if (quantizes_activations()) {
+    for (size_t i = 0; i + 1 < points_.size(); ++i) s.inputs.push_back(input_qparams(static_cast<int>(i)));
+    s.output = output_qparams();
+  }
+  if (w_eff.defined()) {
+    const torch::Tensor w = w_eff.detach().contiguous();
+    const torch::Tensor b = b_eff.defined() ? b_eff.detach().contiguous() : b_eff;
+    if (weight_spec_ && quantizes_activations()) {
+      s.packed = pack_weight(w, b, *weight_spec_, s.inputs.at(0));
+    } else {
+      s.weight = weight_spec_ ? fake_quantize(w, weight_qparams(w), weight_spec_->rounding) : w.clone();
+      s.bias = b.defined() ? b.clone() : b;
+    }
+  }
+  set_int8(std::move(s));
+}
+
+void QuantHook::set_int8(Int8State state) {
+  CSIPOSE_CHECK(state.inputs.empty() == !quantizes_activations(), "QuantHook ", name_,
+                ": int8 state disagrees with the policy on quantized activations");
+  CSIPOSE_CHECK(!state.packed || weight_spec_, "QuantHook ", name_, ": int8 state has packed weights but the policy keeps them fp32");
+  int8_ = std::move(state);
+  mode_ = QuantMode::int8;
 }
 
 QuantParams QuantHook::qparams_of(const Point& p, const std::string& which) const {
@@ -106,30 +175,162 @@ void QuantHook::load_state(const Json& j) {
 
 // ---- modules ------------------------------------------------------------------------------------
 
+namespace {
+
+// Conv padding is a c10::variant in LibTorch 1.x and a std::variant in 2.x.
+template <size_t D, typename Variant>
+const torch::ExpandingArray<D>* explicit_padding(const Variant& v) {
+#if TORCH_VERSION_MAJOR >= 2
+  return std::get_if<torch::ExpandingArray<D>>(&v);
+#else
+  return c10::get_if<torch::ExpandingArray<D>>(&v);
+#endif
+}
+
+using FloatOp = std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b)>;
+using Int8Op = std::function<torch::Tensor(const torch::Tensor& x_q, const QuantParams& in, const PackedWeight& w,
+                                           const QuantParams& out, Rounding r)>;
+
+/// Reshapes per-channel values (C) to broadcast along dim 1 of a `dim`-dimensional tensor.
+torch::Tensor along_channels(const torch::Tensor& v, int64_t dim) {
+  std::vector<int64_t> shape(static_cast<size_t>(dim), 1);
+  shape[1] = v.size(0);
+  return v.reshape(shape);
+}
+
+/// The forward of a weighted op (conv / linear) whose hook is not off.
+torch::Tensor hooked_forward(QuantHook& h, bool training, const torch::Tensor& x, const torch::Tensor& w,
+                             const torch::Tensor& b, const FloatOp& op, const Int8Op& int8_op) {
+  if (h.mode() == QuantMode::int8) {
+    const auto* s = h.int8_state();
+    if (s->packed) {
+      const torch::Tensor xq = quantize_tensor(x.contiguous(), s->inputs[0], h.activation_rounding());
+      const PackedWeight& pw = s->packed->q.device() == x.device() ? *s->packed : s->packed->to(x.device());
+      return dequantize_tensor(int8_op(xq, s->inputs[0], pw, *s->output, h.activation_rounding()), *s->output);
+    }
+    const torch::Tensor xin = s->inputs.empty() ? x : fake_quantize(x, s->inputs[0], h.activation_rounding());
+    const torch::Tensor y = op(xin, s->weight.to(x.device()), s->bias.defined() ? s->bias.to(x.device()) : s->bias);
+    return s->output ? fake_quantize(y, *s->output, h.activation_rounding()) : y;
+  }
+  const torch::Tensor xin = h.input(x);
+  FoldableBn* bn = h.bn();
+  const bool batch_stats = bn != nullptr && training && !h.bn_frozen();
+  const auto [w_eff, b_eff] = h.effective_weight_bias(w, b);
+  std::optional<QuantParams> wqp;
+  if (h.mode() == QuantMode::fake_quant && h.weight_spec()) wqp.emplace();
+  const torch::Tensor wq = h.weight(w_eff, wqp ? &*wqp : nullptr);
+  if (!batch_stats) return h.output(op(xin, wq, h.bias(b_eff, wqp)));
+  // torchvision's ConvBn QAT: conv with the folded, quantized weight, undo the BatchNorm scale,
+  // add the conv bias, then BatchNorm with this batch's statistics (updating the running ones).
+  CSIPOSE_CHECK(x.dim() >= 3, "QuantHook ", h.name(), ": BatchNorm folding needs a conv (N, C, ...) output");
+  const torch::Tensor inv_std = (bn->bn_running_var() + bn->bn_eps()).rsqrt();
+  const torch::Tensor a = bn->bn_weight().defined() ? bn->bn_weight() * inv_std : inv_std;
+  torch::Tensor y = op(xin, wq, torch::Tensor()) / along_channels(a, x.dim());
+  if (b.defined()) y = y + along_channels(b, x.dim());
+  double factor = bn->bn_momentum().value_or(0.0);
+  torch::Tensor nbt = bn->bn_num_batches_tracked();
+  if (nbt.defined()) {
+    torch::NoGradGuard no_grad;
+    nbt.add_(1);
+    if (!bn->bn_momentum()) factor = 1.0 / nbt.item<double>();
+  }
+  y = torch::batch_norm(y, bn->bn_weight(), bn->bn_bias(), bn->bn_running_mean(), bn->bn_running_var(),
+                        /*training=*/true, factor, bn->bn_eps(), /*cudnn_enabled=*/true);
+  return h.output(y);
+}
+
+}  // namespace
+
 torch::Tensor QConv1dImpl::forward(const torch::Tensor& x) {
   if (!hook || hook->mode() == QuantMode::off) return torch::nn::Conv1dImpl::forward(x);
   namespace F = torch::nn::functional;
-  const auto y = F::detail::conv1d(hook->input(x), hook->weight(weight), bias, options.stride(), options.padding(),
-                                   options.dilation(), options.groups());
-  return hook->output(y);
+  const auto& o = options;
+  return hooked_forward(
+      *hook, is_training(), x, weight, bias,
+      [&](const torch::Tensor& in, const torch::Tensor& w, const torch::Tensor& b) {
+        return F::detail::conv1d(in, w, b, o.stride(), o.padding(), o.dilation(), o.groups());
+      },
+      [&](const torch::Tensor& xq, const QuantParams& in, const PackedWeight& w, const QuantParams& out, Rounding r) {
+        const auto* pad = explicit_padding<1>(o.padding());
+        CSIPOSE_CHECK(pad != nullptr, "QConv1d: int8 needs explicit padding");
+        return int8_conv1d(xq, in, w, out, (*o.stride())[0], (**pad)[0], (*o.dilation())[0], o.groups(), r);
+      });
 }
 
 torch::Tensor QConv2dImpl::forward(const torch::Tensor& x) {
   if (!hook || hook->mode() == QuantMode::off) return torch::nn::Conv2dImpl::forward(x);
   namespace F = torch::nn::functional;
-  const auto y = F::detail::conv2d(hook->input(x), hook->weight(weight), bias, options.stride(), options.padding(),
-                                   options.dilation(), options.groups());
-  return hook->output(y);
+  const auto& o = options;
+  return hooked_forward(
+      *hook, is_training(), x, weight, bias,
+      [&](const torch::Tensor& in, const torch::Tensor& w, const torch::Tensor& b) {
+        return F::detail::conv2d(in, w, b, o.stride(), o.padding(), o.dilation(), o.groups());
+      },
+      [&](const torch::Tensor& xq, const QuantParams& in, const PackedWeight& w, const QuantParams& out, Rounding r) {
+        const auto* pad = explicit_padding<2>(o.padding());
+        CSIPOSE_CHECK(pad != nullptr, "QConv2d: int8 needs explicit padding");
+        return int8_conv2d(xq, in, w, out, {(*o.stride())[0], (*o.stride())[1]}, {(**pad)[0], (**pad)[1]},
+                           {(*o.dilation())[0], (*o.dilation())[1]}, o.groups(), r);
+      });
+}
+
+torch::Tensor quantized_linear(QuantHook* hook, bool training, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& b) {
+  if (hook == nullptr || hook->mode() == QuantMode::off) return torch::linear(x, w, b);
+  return hooked_forward(
+      *hook, training, x, w, b,
+      [](const torch::Tensor& in, const torch::Tensor& wt, const torch::Tensor& bt) { return torch::linear(in, wt, bt); },
+      [](const torch::Tensor& xq, const QuantParams& in, const PackedWeight& pw, const QuantParams& out, Rounding r) {
+        return int8_linear(xq, in, pw, out, r);
+      });
 }
 
 torch::Tensor QLinearImpl::forward(const torch::Tensor& x) {
-  if (!hook || hook->mode() == QuantMode::off) return torch::nn::LinearImpl::forward(x);
-  return hook->output(torch::linear(hook->input(x), hook->weight(weight), bias));
+  return quantized_linear(hook.get(), is_training(), x, weight, bias);
 }
 
 torch::Tensor QMatmulImpl::forward(const torch::Tensor& a, const torch::Tensor& b) {
   if (!hook || hook->mode() == QuantMode::off) return torch::matmul(a, b);
+  if (hook->mode() == QuantMode::int8) {
+    const auto* s = hook->int8_state();
+    if (s->inputs.empty()) return torch::matmul(a, b);
+    const Rounding r = hook->activation_rounding();
+    const torch::Tensor aq = quantize_tensor(a.contiguous(), s->inputs[0], r);
+    const torch::Tensor bq = quantize_tensor(b.contiguous(), s->inputs[1], r);
+    return dequantize_tensor(int8_matmul(aq, s->inputs[0], bq, s->inputs[1], *s->output, r), *s->output);
+  }
   return hook->output(torch::matmul(hook->input(a, 0), hook->input(b, 1)));
+}
+
+QBatchNormImpl::QBatchNormImpl(int64_t num_features, double eps, double momentum)
+    : num_features_(num_features), eps_(eps), momentum_(momentum) {
+  CSIPOSE_CHECK(num_features > 0, "QBatchNorm: num_features must be > 0, got ", num_features);
+  reset();
+}
+
+void QBatchNormImpl::reset() {
+  weight = register_parameter("weight", torch::ones({num_features_}));
+  bias = register_parameter("bias", torch::zeros({num_features_}));
+  running_mean = register_buffer("running_mean", torch::zeros({num_features_}));
+  running_var = register_buffer("running_var", torch::ones({num_features_}));
+  num_batches_tracked = register_buffer("num_batches_tracked", torch::tensor(0, torch::kLong));
+}
+
+torch::Tensor QBatchNormImpl::forward(const torch::Tensor& x) {
+  if (folded_active()) return x;
+  CSIPOSE_CHECK(x.dim() >= 2 && x.dim() <= 4 && x.size(1) == num_features_, "QBatchNorm(", num_features_,
+                "): input of shape ", x.sizes(), "; expected (N, ", num_features_, "[, L | , H, W])");
+  // torch.nn.BatchNorm*d.forward with momentum 0.1 and track_running_stats.
+  if (is_training()) {
+    torch::NoGradGuard no_grad;
+    num_batches_tracked.add_(1);
+  }
+  return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum_, eps_,
+                           at::globalContext().userEnabledCuDNN());
+}
+
+void QBatchNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "csipose::QBatchNorm(" << num_features_ << ", eps=" << eps_ << ", momentum=" << momentum_ << ")";
 }
 
 }  // namespace csipose

@@ -11,15 +11,18 @@
 // requantizes its int32 accumulator (quant/int8_ops.h), with the same qparams: one contract for
 // the fake-quant model and the int8 model.
 #include <torch/nn/module.h>
+#include <torch/nn/cloneable.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/types.h>
 
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 
 #include "common/json.h"
+#include "quant/int8_ops.h"
 #include "quant/observers.h"
 #include "quant/quant_spec.h"
 
@@ -29,8 +32,31 @@ enum class QuantMode {
   off,         ///< plain fp32 forward (the hook is ignored)
   observe,     ///< fp32 forward; activation observers record ranges (PTQ calibration)
   fake_quant,  ///< inputs, weights and outputs fake-quantized (QAT, and evaluating PTQ)
+  int8,        ///< converted: packed int8 weights, int8 ops, frozen qparams (see QuantHook::convert)
 };
 const char* to_string(QuantMode m);
+
+class QuantHook;
+
+/// A BatchNorm that `prepare` may fold into the conv before it (QBatchNorm1d / QBatchNorm2d).
+/// While the conv's hook is not `off`, the BatchNorm's forward is the identity and the conv
+/// computes conv + BatchNorm itself (QuantHook, "BatchNorm folding").
+class FoldableBn {
+ public:
+  virtual ~FoldableBn() = default;
+  virtual torch::Tensor bn_weight() const = 0;  ///< gamma (undefined without affine)
+  virtual torch::Tensor bn_bias() const = 0;    ///< beta (undefined without affine)
+  virtual torch::Tensor bn_running_mean() const = 0;
+  virtual torch::Tensor bn_running_var() const = 0;
+  virtual torch::Tensor bn_num_batches_tracked() const = 0;
+  virtual double bn_eps() const = 0;
+  virtual std::optional<double> bn_momentum() const = 0;
+  virtual bool bn_training() const = 0;
+  virtual int64_t bn_features() const = 0;
+  /// Set by prepare when folded: the hook of the conv that computes this BatchNorm.
+  std::shared_ptr<QuantHook> folded_into;
+  bool folded_active() const;
+};
 
 /// The quantization points of one op: input activation(s), weight, output activation.
 class QuantHook {
@@ -50,13 +76,54 @@ class QuantHook {
   /// Dynamic quantization: activation qparams from each call's own range (observers reset per
   /// call), as PTQ "dynamic" does at run time.
   void set_dynamic(bool dynamic) { dynamic_ = dynamic; }
+  bool dynamic() const { return dynamic_; }
+
+  // ---- BatchNorm folding (the torchvision QAT recipe, torch.ao.nn.intrinsic.qat.ConvBn*d) ----
+  // With a folded BatchNorm (gamma, beta, running mean / var, eps) and a[c] = gamma[c] /
+  // sqrt(var[c] + eps), the op uses w'[c] = w[c] * a[c] and b'[c] = (b[c] - mean[c]) * a[c] + beta[c]
+  // (effective_weight_bias) and its output point sits after the BatchNorm. In training mode, until
+  // the BatchNorm is frozen, the conv runs with the quantized w' and the result is rescaled and
+  // normalized with the batch statistics (which updates the running ones):
+  //     y = batch_norm(conv(x, fq(w')) / a + b)
+  // Frozen or in eval mode it is exactly the folded op conv(x, fq(w')) + b', the op convert packs.
+  void set_bn(FoldableBn* bn) { bn_ = bn; }
+  FoldableBn* bn() const { return bn_; }
+  /// A frozen BatchNorm uses its running statistics in training too (the BN-freeze epoch).
+  void freeze_bn(bool frozen) { bn_frozen_ = frozen; }
+  bool bn_frozen() const { return bn_frozen_; }
+  /// The weight and bias the op computes with (folded when a BatchNorm is folded into it; the
+  /// bias is then always defined). Float32 torch ops, differentiable; convert packs exactly these.
+  std::pair<torch::Tensor, torch::Tensor> effective_weight_bias(const torch::Tensor& w, const torch::Tensor& b) const;
+
+  // ---- conversion ------------------------------------------------------------------------------
+  /// What a converted op computes with: frozen activation qparams, and the packed int8 weights
+  /// with their int32 bias when weights and activations are both quantized (the int8 op);
+  /// otherwise the float weight the fake-quant op used (fake-quantized when the weights are
+  /// quantized) and its float bias.
+  struct Int8State {
+    std::vector<QuantParams> inputs;       ///< empty when the activations are float
+    std::optional<QuantParams> output;
+    std::optional<PackedWeight> packed;
+    torch::Tensor weight, bias;            ///< the float fallback (undefined when packed)
+  };
+  /// Freezes this op into its int8 form from the effective weight and bias (undefined for a
+  /// matmul) and switches the hook to QuantMode::int8. Throws when an activation point has observed
+  /// nothing or the hook is dynamic (dynamic qparams are per call, not frozen).
+  void convert(const torch::Tensor& w_eff, const torch::Tensor& b_eff);
+  /// Installs a state read back from an int8 checkpoint; switches to QuantMode::int8.
+  void set_int8(Int8State state);
+  const Int8State* int8_state() const { return int8_ ? &*int8_ : nullptr; }
+  Rounding activation_rounding() const;
 
   /// Input point `i` (0, or 1 for a matmul's second operand) and the output point.
   torch::Tensor input(const torch::Tensor& x, int i = 0);
   torch::Tensor output(const torch::Tensor& y);
   /// The weight point. Its qparams come from the current weight's min / max on every call (per
   /// channel along the spec's axis), so the qparams of the last step are exactly what convert packs.
-  torch::Tensor weight(const torch::Tensor& w) const;
+  torch::Tensor weight(const torch::Tensor& w, QuantParams* used = nullptr) const;
+  /// The bias in fake_quant mode when inputs and weights are quantized: dequantize(quantize(b)) at
+  /// scale s_in * s_w[c], the int32 bias of the int8 op (straight-through gradient); else b.
+  torch::Tensor bias(const torch::Tensor& b, const std::optional<QuantParams>& w_params) const;
 
   bool quantizes_activations() const { return points_[0].spec.has_value(); }
   const std::optional<QuantSpec>& weight_spec() const { return weight_spec_; }
@@ -83,6 +150,9 @@ class QuantHook {
   QuantMode mode_ = QuantMode::off;
   bool frozen_ = false;
   bool dynamic_ = false;
+  FoldableBn* bn_ = nullptr;
+  bool bn_frozen_ = false;
+  std::optional<Int8State> int8_;
 };
 
 /// Implemented by every Q-module so `prepare` finds them among a model's named modules.
@@ -91,6 +161,9 @@ class Quantizable {
   virtual ~Quantizable() = default;
   /// "conv1d" | "conv2d" | "linear" | "matmul"
   virtual const char* op_kind() const = 0;
+  /// The float weight and bias of the op (undefined for a matmul).
+  virtual torch::Tensor op_weight() const { return {}; }
+  virtual torch::Tensor op_bias() const { return {}; }
   /// Null: plain fp32.
   std::shared_ptr<QuantHook> hook;
 };
@@ -100,6 +173,8 @@ class QConv1dImpl : public torch::nn::Conv1dImpl, public Quantizable {
   using torch::nn::Conv1dImpl::Conv1dImpl;
   torch::Tensor forward(const torch::Tensor& x);
   const char* op_kind() const override { return "conv1d"; }
+  torch::Tensor op_weight() const override { return weight; }
+  torch::Tensor op_bias() const override { return bias; }
 };
 TORCH_MODULE(QConv1d);
 
@@ -108,6 +183,8 @@ class QConv2dImpl : public torch::nn::Conv2dImpl, public Quantizable {
   using torch::nn::Conv2dImpl::Conv2dImpl;
   torch::Tensor forward(const torch::Tensor& x);
   const char* op_kind() const override { return "conv2d"; }
+  torch::Tensor op_weight() const override { return weight; }
+  torch::Tensor op_bias() const override { return bias; }
 };
 TORCH_MODULE(QConv2d);
 
@@ -116,6 +193,8 @@ class QLinearImpl : public torch::nn::LinearImpl, public Quantizable {
   using torch::nn::LinearImpl::LinearImpl;
   torch::Tensor forward(const torch::Tensor& x);
   const char* op_kind() const override { return "linear"; }
+  torch::Tensor op_weight() const override { return weight; }
+  torch::Tensor op_bias() const override { return bias; }
 };
 TORCH_MODULE(QLinear);
 
@@ -127,5 +206,45 @@ class QMatmulImpl : public torch::nn::Module, public Quantizable {
   const char* op_kind() const override { return "matmul"; }
 };
 TORCH_MODULE(QMatmul);
+
+/// A linear op with explicit weight and bias through a hook (QLinear, and the pose transformer's
+/// in-projection which holds its own parameters): y = x W^T + b with the hook's points.
+torch::Tensor quantized_linear(QuantHook* hook, bool training, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& b);
+
+/// BatchNorm over dim 1 of (N, C), (N, C, L) or (N, C, H, W) that `prepare` can fold into the conv
+/// before it (FoldableBn). Its own module rather than a subclass of torch::nn::BatchNorm1dImpl
+/// (some LibTorch builds do not export what a subclass needs), with exactly the state and the
+/// forward of PyTorch's BatchNorm1d / BatchNorm2d (affine, tracking running stats, eps 1e-5,
+/// momentum 0.1): parameters weight, bias; buffers running_mean, running_var,
+/// num_batches_tracked, in that order; training mode normalizes with the batch statistics and
+/// updates the running ones, eval mode uses the running ones.
+class QBatchNormImpl : public torch::nn::Cloneable<QBatchNormImpl>, public FoldableBn {
+ public:
+  explicit QBatchNormImpl(int64_t num_features, double eps = 1e-5, double momentum = 0.1);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor bn_weight() const override { return weight; }
+  torch::Tensor bn_bias() const override { return bias; }
+  torch::Tensor bn_running_mean() const override { return running_mean; }
+  torch::Tensor bn_running_var() const override { return running_var; }
+  torch::Tensor bn_num_batches_tracked() const override { return num_batches_tracked; }
+  double bn_eps() const override { return eps_; }
+  std::optional<double> bn_momentum() const override { return momentum_; }
+  bool bn_training() const override { return is_training(); }
+  int64_t bn_features() const override { return num_features_; }
+
+  torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+
+ private:
+  int64_t num_features_;
+  double eps_, momentum_;
+};
+TORCH_MODULE(QBatchNorm);
+/// The same module for conv1d (N, C, L) and conv2d (N, C, H, W) outputs.
+using QBatchNorm1d = QBatchNorm;
+using QBatchNorm2d = QBatchNorm;
 
 }  // namespace csipose

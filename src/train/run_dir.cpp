@@ -16,6 +16,8 @@
 #include "common/version.h"
 #include "common/progress.h"
 #include "models/checkpoint.h"
+#include "models/int8_checkpoint.h"
+#include "quant/prepare.h"
 #include "models/pose_model.h"
 #include "models/safetensors.h"
 
@@ -140,7 +142,9 @@ void RunDir::on_epoch_end(Trainer& trainer, const EpochStats& stats, const EvalM
     m["monitor"] = monitor.dump();
     m["val"] = val.to_json().dump();
     m["experiment_config"] = trainer.config().to_yaml();
-    save_checkpoint(best_checkpoint(), trainer.config().model, trainer.eval_model(), m);
+    PoseModelImpl& eval = trainer.eval_model();
+    if (trainer.quantized()) m["quant_state"] = trainer.quantized()->state().dump();
+    save_checkpoint(best_checkpoint(), trainer.config().model, eval, m);
   }
   trainer.save(last_checkpoint());
   if (!stderr_is_tty()) return;
@@ -154,12 +158,16 @@ void RunDir::on_epoch_end(Trainer& trainer, const EpochStats& stats, const EvalM
 Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
   const auto& cfg = trainer.config();
   CSIPOSE_CHECK(fs::is_regular_file(best_checkpoint()), dir_, ": no best checkpoint to report on");
-  Checkpoint best = load_checkpoint(best_checkpoint());
+  Checkpoint best;
+  best.model = load_eval_model(best_checkpoint(), &best.config, &best.metadata);
   best.model->to(trainer.device());
   const int64_t bs = cfg.train.eval_batch_size;
   const EvalSet test(data, Split::test, trainer.device(), bs), val(data, Split::val, trainer.device(), bs);
   const EvalMetrics test_m = test.evaluate(*best.model, trainer.loss(), cfg.train.tta.views);
   const EvalMetrics val_m = val.evaluate(*best.model, trainer.loss(), {"identity"});
+  std::optional<Json> quant;
+  std::string quant_md;
+  if (cfg.qat.enabled) quant = quant_report(trainer, data, *best.model, test, test_m, quant_md);
   const auto& st = trainer.state();
 
   Json r = Json::object();
@@ -187,6 +195,7 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
   training.set("eval_weights", cfg.train.ema.enabled() ? "ema" : "model");
   r.set("training", training);
   r.set("val", val_m.to_json()).set("test", test_m.to_json());
+  if (quant) r.set("quantization", *quant);
   write_text_atomic((fs::path(dir_) / "report.json").string(), r.dump(2) + "\n");
 
   std::ostringstream md;
@@ -212,8 +221,97 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
     for (double p : m->pck) md << " " << pct(p) << " |";
     md << " " << fixed(m->mpjpe, 6) << " |\n";
   }
+  if (cfg.qat.enabled) md << "\nThe rows above are the fake-quant model (QAT, best epoch).\n\n" << quant_md;
   write_text_atomic((fs::path(dir_) / "report.md").string(), md.str());
   return r;
+}
+
+std::string RunDir::int8_model() const { return (fs::path(dir_) / "model.csq").string(); }
+
+Json RunDir::quant_report(Trainer& trainer, const PoseDataset& data, PoseModelImpl& fake_quant, const EvalSet& test,
+                          const EvalMetrics& fq_m, std::string& md) const {
+  const auto& cfg = trainer.config();
+  const auto& views = cfg.train.tta.views;
+  // 1. fp32: the warm-start model QAT began from (when there is one).
+  std::optional<EvalMetrics> fp32_m;
+  int64_t fp32_bytes = 0;
+  if (!cfg.qat.init_from.empty()) {
+    auto fp32 = load_eval_model(cfg.qat.init_from);
+    fp32->to(trainer.device());
+    fp32_m = test.evaluate(*fp32, trainer.loss(), views);
+    for (const auto& kv : state_dict(*fp32)) fp32_bytes += kv.second.numel() * kv.second.element_size();
+  }
+  // 2. convert the fake-quant model to int8, write model.csq, and evaluate what was written.
+  {
+    fake_quant.to(torch::kCPU);
+    PreparedModel p = prepared_hooks(fake_quant);
+    p.convert(fake_quant);
+    std::map<std::string, std::string> meta;
+    meta["metric"] = data.spec.describe();
+    meta["source"] = best_checkpoint();
+    meta["git_sha"] = git_sha();
+    meta["experiment_config"] = cfg.to_yaml();
+    save_int8_checkpoint(int8_model(), cfg.model, cfg.qat.policy, fake_quant, meta);
+  }
+  auto int8 = load_int8_checkpoint(int8_model());
+  int8.model->to(trainer.device());
+  const EvalMetrics int8_m = test.evaluate(*int8.model, trainer.loss(), views);
+  const Int8Size size = int8_checkpoint_size(int8_model());
+
+  Json q = Json::object();
+  q.set("policy", cfg.qat.policy.to_yaml()).set("init_from", cfg.qat.init_from);
+  q.set("quantized_ops", static_cast<int64_t>(prepared_hooks(*int8.model).hooks.size()));
+  q.set("folded_batchnorms", prepared_hooks(*int8.model).folded_bn());
+  q.set("fp32", fp32_m ? fp32_m->to_json() : Json()).set("fake_quant", fq_m.to_json()).set("int8", int8_m.to_json());
+  const double t = 0.2;
+  Json gaps = Json::object();
+  for (const char* sub : {"full", "clean"}) {
+    const auto& f = std::string(sub) == "full" ? fq_m.full : fq_m.clean;
+    const auto& i = std::string(sub) == "full" ? int8_m.full : int8_m.clean;
+    Json g = Json::object();
+    g.set("fake_quant_minus_int8_pck@20_points", 100.0 * (f.pck_at(t) - i.pck_at(t)));
+    if (fp32_m) {
+      const auto& p = std::string(sub) == "full" ? fp32_m->full : fp32_m->clean;
+      g.set("fp32_minus_int8_pck@20_points", 100.0 * (p.pck_at(t) - i.pck_at(t)));
+    }
+    gaps.set(sub, g);
+  }
+  q.set("gaps", gaps);
+  Json sz = Json::object();
+  sz.set("fp32_state_bytes", fp32_bytes).set("int8_file_bytes", size.file_bytes);
+  sz.set("int8_weight_bytes", size.int8_weight_bytes).set("float_bytes", size.float_bytes);
+  q.set("sizes", sz).set("int8_model", int8_model());
+
+  std::ostringstream o;
+  o << "## fp32 -> fake-quant (QAT) -> int8 (converted)\n\n";
+  o << "Test split, " << views.size() << " view(s); metric: " << data.spec.describe() << ". int8 = the converted model "
+    << "read back from " << int8_model() << " (packed int8 weights, int32 biases, exact integer accumulation).\n\n";
+  o << "| model | subset | N |";
+  for (double th : data.spec.thresholds) o << " " << pck_name(th) << " |";
+  o << " MPJPE |\n|---|---|---|";
+  for (size_t i = 0; i < data.spec.thresholds.size(); ++i) o << "---|";
+  o << "---|\n";
+  auto rows = [&](const char* name, const EvalMetrics& m) {
+    for (const PoseMetrics* pm : {&m.full, &m.clean}) {
+      o << "| " << name << " | " << pm->subset << " | " << pm->num_samples << " |";
+      for (double p : pm->pck) o << " " << pct(p) << " |";
+      o << " " << fixed(pm->mpjpe, 6) << " |\n";
+    }
+  };
+  if (fp32_m) rows("fp32", *fp32_m);
+  rows("fake-quant", fq_m);
+  rows("int8", int8_m);
+  o << "\nGaps in PCK@20 points: fake-quant - int8 = "
+    << fixed(gaps.at("full").at("fake_quant_minus_int8_pck@20_points").as_double(), 2) << " (full), "
+    << fixed(gaps.at("clean").at("fake_quant_minus_int8_pck@20_points").as_double(), 2) << " (clean)";
+  if (fp32_m)
+    o << "; fp32 - int8 = " << fixed(gaps.at("full").at("fp32_minus_int8_pck@20_points").as_double(), 2) << " (full), "
+      << fixed(gaps.at("clean").at("fp32_minus_int8_pck@20_points").as_double(), 2) << " (clean)";
+  o << ".\n\nSizes: fp32 weights " << (fp32_m ? std::to_string(fp32_bytes) + " bytes" : std::string("n/a (no warm start)"))
+    << "; int8 model file " << size.file_bytes << " bytes ("
+    << size.int8_weight_bytes << " bytes int8 weights + int32 biases, " << size.float_bytes << " bytes float tensors).\n";
+  md = o.str();
+  return q;
 }
 
 }  // namespace csipose

@@ -36,8 +36,14 @@ class RunDir : public FitObserver {
   /// Evaluates checkpoints/best on val and test (full and clean, test with the configured TTA views)
   /// and writes report.json and report.md. Returns the report.
   Json write_report(Trainer& trainer, const PoseDataset& data) const;
+  /// QAT runs: the converted int8 model the report writes (model.csq).
+  std::string int8_model() const;
 
  private:
+  /// QAT: fp32 (the warm start) vs fake-quant (best) vs int8 (converted, written to model.csq and
+  /// read back) on the test split; the markdown section goes to `md`.
+  Json quant_report(Trainer& trainer, const PoseDataset& data, PoseModelImpl& fake_quant, const EvalSet& test,
+                    const EvalMetrics& fq_m, std::string& md) const;
   RunDir(std::string dir, ExperimentConfig config) : dir_(std::move(dir)), config_(std::move(config)) {}
   std::string dir_;
   ExperimentConfig config_;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "common/check.h"
 #include "common/config_node.h"
 #include "common/json.h"
 
@@ -256,6 +257,33 @@ std::string DataConfig::to_yaml() const {
 
 // ---- the experiment -------------------------------------------------------------------------------
 
+QatConfig QatConfig::from_yaml(const ConfigNode& n) {
+  QatConfig c;
+  c.enabled = true;
+  c.init_from = n.get<std::string>("init_from", c.init_from);
+  const std::string policy_file = n.get<std::string>("policy_file", "");
+  if (!policy_file.empty() && n.has("policy"))
+    n.error("policy_file", "set either policy (inline) or policy_file, not both");
+  if (!policy_file.empty()) {
+    try {
+      c.policy = QuantPolicy::load_file(policy_file);
+    } catch (const Error& e) {
+      n.error("policy_file", e.what());
+    }
+  } else if (n.has("policy")) {
+    c.policy = QuantPolicy::from_yaml(n.child("policy"));
+  }
+  c.bn_update_epochs = n.get_int("bn_update_epochs", c.bn_update_epochs, 0);
+  c.observer_update_epochs = n.get_int("observer_update_epochs", c.observer_update_epochs, 1);
+  return c;
+}
+
+std::string QatConfig::to_yaml() const {
+  return "init_from: " + str(init_from) + "\nbn_update_epochs: " + std::to_string(bn_update_epochs) +
+         "\nobserver_update_epochs: " + std::to_string(observer_update_epochs) + "\npolicy:\n" +
+         indent_yaml(policy.to_yaml(), 2);
+}
+
 ExperimentConfig ExperimentConfig::from_yaml(const ConfigNode& n) {
   ExperimentConfig c;
   c.name = n.get<std::string>("name", c.name);
@@ -266,6 +294,7 @@ ExperimentConfig ExperimentConfig::from_yaml(const ConfigNode& n) {
   if (n.has("data")) c.data = DataConfig::from_yaml(n.child("data"));
   c.model = ModelConfig::from_yaml(n.child("model"));
   if (n.has("train")) c.train = TrainConfig::from_yaml(n.child("train"));
+  if (n.has("qat")) c.qat = QatConfig::from_yaml(n.child("qat"));
   return c;
 }
 
@@ -290,6 +319,7 @@ std::string ExperimentConfig::to_yaml() const {
     << "name: " << str(name) << "\nseed: " << seed << "\ndevice: " << str(device) << "\ndata:\n"
     << indent_yaml(data.to_yaml(), 2) << "model:\n" << indent_yaml(model.to_yaml(), 2) << "train:\n"
     << indent_yaml(train.to_yaml(), 2);
+  if (qat.enabled) o << "qat:\n" << indent_yaml(qat.to_yaml(), 2);
   return o.str();
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "models/registry.h"
+#include "quant/policy.h"
 
 namespace csipose {
 class ConfigNode;
@@ -135,6 +136,23 @@ struct DataConfig {
   std::string to_yaml() const;
 };
 
+/// Quantization-aware training (the `qat:` section; absent = an fp32 run). The train section's
+/// epochs, optimizer and schedule are the QAT phase's own. The torchvision recipe: BatchNorms
+/// folded into their convs keep updating their statistics for the first `bn_update_epochs`
+/// epochs and are frozen after; activation observers update for `observer_update_epochs` epochs
+/// and are frozen after (so the last epochs train against fixed activation qparams).
+struct QatConfig {
+  bool enabled = false;
+  /// fp32 warm start: a checkpoint or weight file whose (EMA) weights start QAT; "" = from scratch.
+  std::string init_from;
+  /// The quantization policy (quant/policy.h), resolved inline; `policy_file: F` reads it from F.
+  QuantPolicy policy;
+  int64_t bn_update_epochs = 2;
+  int64_t observer_update_epochs = 3;
+  static QatConfig from_yaml(const ConfigNode& node);
+  std::string to_yaml() const;
+};
+
 struct ExperimentConfig {
   std::string name = "run";         ///< run directory name under experiments/
   uint64_t seed = 0;                ///< seeds init, data order, dropout, augmentation, mixup
@@ -142,6 +160,7 @@ struct ExperimentConfig {
   DataConfig data;
   ModelConfig model;
   TrainConfig train;
+  QatConfig qat;
   static ExperimentConfig from_yaml(const ConfigNode& root);
   /// Loads a file with overrides and rejects unknown keys.
   static ExperimentConfig load(const std::string& path, const std::vector<std::string>& overrides = {});

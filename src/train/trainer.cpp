@@ -14,6 +14,7 @@
 #include "common/rng.h"
 #include "data/synth/generator.h"
 #include "models/checkpoint.h"
+#include "models/int8_checkpoint.h"
 #include "models/safetensors.h"
 #include "train/augment.h"
 
@@ -136,6 +137,15 @@ Trainer::Trainer(ExperimentConfig config, const PoseDataset& data, c10::Device d
     eval_model_->eval();
   }
   val_ = std::make_unique<EvalSet>(data, Split::val, device_, config_.train.eval_batch_size);
+  if (config_.qat.enabled) {
+    if (!config_.qat.init_from.empty()) init_weights_from(config_.qat.init_from);
+    prepared_ = prepare(*model_, config_.qat.policy, model_->bn_fold_pairs());
+    prepared_->set_mode(QuantMode::fake_quant);
+    if (eval_model_) {
+      prepared_eval_ = prepare(*eval_model_, config_.qat.policy, eval_model_->bn_fold_pairs());
+      prepared_eval_->set_mode(QuantMode::fake_quant);
+    }
+  }
 }
 
 uint64_t Trainer::step_seed(int64_t step) const {
@@ -154,6 +164,11 @@ EpochStats Trainer::train_one_epoch() {
   st.epoch = state_.epoch + 1;
   train_loader_.set_epoch(state_.epoch);
   model_->train();
+  if (prepared_) {
+    // The torchvision QAT schedule, a function of the epoch alone (so a resumed run repeats it).
+    prepared_->freeze_bn(state_.epoch >= config_.qat.bn_update_epochs);
+    prepared_->freeze_observers(state_.epoch >= config_.qat.observer_update_epochs);
+  }
   const int64_t n = train_loader_.num_batches();
   const auto opts = torch::TensorOptions().device(device_).dtype(torch::kFloat64);
   auto loss_sum = torch::zeros({}, opts), norm_sum = torch::zeros({}, opts);
@@ -214,10 +229,23 @@ EpochStats Trainer::train_one_epoch() {
 PoseModelImpl& Trainer::eval_model() {
   if (!ema_) return *model_;
   ema_->copy_to(*eval_model_);
+  if (prepared_eval_) {
+    // The EMA weights are evaluated with the training model's activation qparams.
+    prepared_eval_->load_state(prepared_->state());
+    prepared_eval_->freeze_observers(true);
+  }
   return *eval_model_;
 }
 
-EvalMetrics Trainer::validate() { return val_->evaluate(eval_model(), loss_, {"identity"}); }
+EvalMetrics Trainer::validate() {
+  PoseModelImpl& m = eval_model();
+  // Without EMA the training model itself is evaluated: its observers must not move on val data.
+  const bool was_frozen = prepared_ && !prepared_eval_ && prepared_->hooks.front().second->observers_frozen();
+  if (prepared_ && !prepared_eval_) prepared_->freeze_observers(true);
+  EvalMetrics r = val_->evaluate(m, loss_, {"identity"});
+  if (prepared_ && !prepared_eval_) prepared_->freeze_observers(was_frozen);
+  return r;
+}
 
 bool Trainer::record_validation(const EvalMetrics& val) {
   const auto better = [](MonitorMode mode, double v, double ref, double delta) {
@@ -259,6 +287,7 @@ void Trainer::save(const std::string& path, const std::map<std::string, std::str
   // The data order of the next epoch: a resumed run must draw exactly these batches.
   m["data_order"] = data_order_fingerprint(state_.epoch);
   m["seed"] = std::to_string(config_.seed);
+  if (prepared_) m["quant_state"] = prepared_->state().dump();
   auto tensors = optimizer_->state_tensors();
   if (ema_)
     for (auto& kv : ema_->state_tensors()) tensors.push_back(std::move(kv));
@@ -290,6 +319,9 @@ void Trainer::load(const std::string& path) {
   const std::string& ema_updates = meta(ck.metadata, "ema_updates", path);
   CSIPOSE_CHECK((ema_updates != "none") == static_cast<bool>(ema_), path, ": EMA state does not match the config");
   if (ema_) ema_->load_state(ck.extra, std::stoll(ema_updates));
+  CSIPOSE_CHECK(ck.metadata.count("quant_state") == (prepared_ ? 1u : 0u), path,
+                ": quantization state does not match the config (QAT vs fp32)");
+  if (prepared_) prepared_->load_state(Json::parse(ck.metadata.at("quant_state")));
   state_ = st;
 }
 
@@ -336,6 +368,12 @@ void init_output_from_labels(PoseModelImpl& model, const torch::Tensor& y) {
 
 std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelConfig* config,
                                                std::map<std::string, std::string>* metadata) {
+  if (is_int8_checkpoint(path)) {
+    Int8Checkpoint q = load_int8_checkpoint(path);
+    if (config) *config = q.config;
+    if (metadata) *metadata = q.metadata;
+    return q.model;
+  }
   Checkpoint ck = load_checkpoint(path);
   auto it = ck.metadata.find("eval_weights");
   if (it != ck.metadata.end() && it->second == "ema") {
@@ -347,6 +385,19 @@ std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelCon
     } catch (const Error& e) {
       fail(path, ": EMA weights are incomplete: ", e.what());
     }
+  }
+  if (ck.metadata.count("quant_state")) {
+    const ExperimentConfig exp =
+        ExperimentConfig::parse(meta(ck.metadata, "experiment_config", path), path + " [experiment_config]");
+    CSIPOSE_CHECK(exp.qat.enabled, path, ": quant_state without a qat config");
+    PreparedModel p = prepare(*ck.model, exp.qat.policy, ck.model->bn_fold_pairs());
+    p.set_mode(QuantMode::fake_quant);
+    try {
+      p.load_state(Json::parse(ck.metadata.at("quant_state")));
+    } catch (const Error& e) {
+      fail(path, ": quant_state: ", e.what());
+    }
+    p.freeze_observers(true);
   }
   if (config) *config = ck.config;
   if (metadata) *metadata = ck.metadata;

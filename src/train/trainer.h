@@ -15,6 +15,7 @@
 #include "common/json.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "quant/prepare.h"
 #include "train/ema.h"
 #include "train/evaluate.h"
 #include "train/loss.h"
@@ -91,6 +92,10 @@ class Trainer {
   /// Warm start (a fork): takes only the model weights of a checkpoint or weight file.
   void init_weights_from(const std::string& path);
 
+  /// QAT runs (config.qat.enabled): the quantization points of the trained model, in fake_quant
+  /// mode; null for fp32 runs.
+  const PreparedModel* quantized() const { return prepared_ ? &*prepared_ : nullptr; }
+
  private:
   uint64_t step_seed(int64_t step) const;
   std::string data_order_fingerprint(int64_t epoch);
@@ -109,6 +114,7 @@ class Trainer {
   int64_t links_;
   TrainState state_;
   std::function<void(int64_t, double)> step_hook_;
+  std::optional<PreparedModel> prepared_, prepared_eval_;
 };
 
 /// Data-dependent output init: sets the bias of the model's last layer so that a fresh model's
@@ -118,8 +124,13 @@ class Trainer {
 /// pose transformers: head.3.bias[2j + c] = logit(mean of joint j, coordinate c).
 void init_output_from_labels(PoseModelImpl& model, const torch::Tensor& y);
 
-/// Loads any csipose checkpoint for evaluation: a training checkpoint whose evaluation weights are
-/// the EMA average gets those ("ema." tensors), every other checkpoint its model weights.
+/// Loads any csipose model file for evaluation, in eval mode on the CPU:
+///   - a training checkpoint: its evaluation weights (the EMA average, "ema." tensors, when the
+///     run used EMA), else the model weights; a QAT checkpoint comes back prepared with its policy
+///     and observer states, in fake_quant mode with frozen observers (the fake-quant model);
+///   - a plain weight checkpoint: its weights;
+///   - an int8 model (.csq, models/int8_checkpoint.h): the converted model in int8 mode.
+/// `metadata` receives the file's metadata ("format" is "int8" for .csq files).
 std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelConfig* config = nullptr,
                                                std::map<std::string, std::string>* metadata = nullptr);
 

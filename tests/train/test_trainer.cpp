@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -366,6 +367,125 @@ TEST_F(TrainerTest, CliErrorsAreOneLine) {
   r = run_csipose({"eval", "--checkpoint", tmp.file("missing.safetensors")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("does not exist"), std::string::npos) << r.output;
+}
+
+// ---- QAT -----------------------------------------------------------------------------------------
+
+TEST_F(TrainerTest, QatResumesBitExactlyAndReportsFp32FakeQuantAndInt8) {
+  TempDir tmp;
+  testing::write_file(tmp.file("fp32.yaml"), config_yaml("  ema: {decay: 0.9}\n"));
+  const std::string fp32 = tmp.file("fp32");
+  auto r = run_csipose({"train", "--config", tmp.file("fp32.yaml"), "--run-dir", fp32, "--set", "train.epochs=2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // QAT with EMA, BatchNorm statistics frozen after epoch 1 and observers after epoch 2.
+  testing::write_file(tmp.file("qat.yaml"),
+                      config_yaml("  ema: {decay: 0.9}\n  optimizer: {lr: 1.0e-4}\n  init_output: none\n") +
+                          "qat:\n  init_from: \"" + fp32 + "/checkpoints/best.safetensors\"\n"
+                          "  bn_update_epochs: 1\n  observer_update_epochs: 2\n");
+  const std::string a = tmp.file("qat_straight"), b = tmp.file("qat_split");
+  r = run_csipose({"qat", "--config", tmp.file("qat.yaml"), "--run-dir", a});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("PCK@20 clean gaps: fake-quant - int8"), std::string::npos) << r.output;
+  r = run_csipose({"qat", "--config", tmp.file("qat.yaml"), "--run-dir", b, "--stop-after", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("continue with: csipose qat --resume"), std::string::npos) << r.output;
+  r = run_csipose({"qat", "--resume", b});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // Bit-exact: weights, optimizer, EMA, and the observers' state.
+  const auto ta = tensors_of(a + "/checkpoints/last.safetensors"), tb = tensors_of(b + "/checkpoints/last.safetensors");
+  ASSERT_EQ(ta.size(), tb.size());
+  for (const auto& kv : ta) EXPECT_TRUE(torch::equal(kv.second, tb.at(kv.first))) << kv.first;
+  const auto ma = load_safetensors(a + "/checkpoints/last.safetensors").metadata;
+  const auto mb = load_safetensors(b + "/checkpoints/last.safetensors").metadata;
+  ASSERT_TRUE(ma.count("quant_state"));
+  EXPECT_EQ(ma.at("quant_state"), mb.at("quant_state"));
+  EXPECT_EQ(metrics_without_time(a), metrics_without_time(b));
+
+  // The report: fp32 (the warm start), fake-quant and int8, all under the same MetricSpec.
+  const Json ra = Json::parse(read_text_file(a + "/report.json"));
+  const Json rb = Json::parse(read_text_file(b + "/report.json"));
+  const Json& q = ra.at("quantization");
+  EXPECT_EQ(q.dump(), rb.at("quantization").dump());
+  const Json fp32_report = Json::parse(read_text_file(fp32 + "/report.json"));
+  EXPECT_EQ(q.at("fp32").at("clean").dump(), fp32_report.at("test").at("clean").dump());
+  EXPECT_EQ(q.at("fake_quant").at("clean").dump(), ra.at("test").at("clean").dump());
+  EXPECT_EQ(q.at("int8").at("clean").at("spec").dump(), q.at("fp32").at("clean").at("spec").dump());
+  EXPECT_GT(q.at("folded_batchnorms").as_int(), 10);
+  // Test split: 2 files x 8 windows x 15 joints = 240 keypoints, one keypoint = 0.42 points.
+  EXPECT_LE(std::abs(q.at("gaps").at("full").at("fake_quant_minus_int8_pck@20_points").as_double()), 1.0);
+  EXPECT_LT(q.at("sizes").at("int8_file_bytes").as_int(), q.at("sizes").at("fp32_state_bytes").as_int());
+  const std::string md = read_text_file(a + "/report.md");
+  EXPECT_NE(md.find("| int8 | clean |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| fp32 | clean |"), std::string::npos) << md;
+
+  // `eval` on the int8 model and `convert` of the best checkpoint give the report's int8 numbers.
+  const std::string csq = a + "/model.csq";
+  r = run_csipose({"eval", "--checkpoint", csq, "--json", tmp.file("e8.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Json::parse(read_text_file(tmp.file("e8.json"))).at("result").at("clean").dump(), q.at("int8").at("clean").dump());
+  r = run_csipose({"convert", "--checkpoint", a + "/checkpoints/best.safetensors", "--out", tmp.file("c.csq"), "--json",
+                   tmp.file("c.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Json cj = Json::parse(read_text_file(tmp.file("c.json")));
+  EXPECT_EQ(cj.at("int8").at("clean").dump(), q.at("int8").at("clean").dump());
+  EXPECT_EQ(cj.at("fake_quant").at("clean").dump(), q.at("fake_quant").at("clean").dump());
+  // The fake-quant checkpoint also evaluates to the report's fake-quant row.
+  r = run_csipose({"eval", "--checkpoint", a + "/checkpoints/best.safetensors", "--json", tmp.file("efq.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Json::parse(read_text_file(tmp.file("efq.json"))).at("result").at("clean").dump(),
+            q.at("fake_quant").at("clean").dump());
+  // convert refuses an fp32 checkpoint, with the way out.
+  r = run_csipose({"convert", "--checkpoint", fp32 + "/checkpoints/best.safetensors", "--out", tmp.file("x.csq")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("not a QAT checkpoint"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(tmp.file("x.csq")));
+}
+
+TEST_F(TrainerTest, PtqStaticConvertsToInt8) {
+  TempDir tmp;
+  testing::write_file(tmp.file("e.yaml"), config_yaml());
+  const std::string run = tmp.file("run");
+  ASSERT_EQ(run_csipose({"train", "--config", tmp.file("e.yaml"), "--run-dir", run, "--set", "train.epochs=1"}).exit_code, 0);
+  auto r = run_csipose({"ptq", "--checkpoint", run + "/checkpoints/best.safetensors", "--calibration", "2",
+                        "--batch-size", "16", "--out", tmp.file("p.csq"), "--json", tmp.file("p.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("int8 (PTQ static)"), std::string::npos) << r.output;
+  const Json p = Json::parse(read_text_file(tmp.file("p.json")));
+  r = run_csipose({"eval", "--checkpoint", tmp.file("p.csq"), "--json", tmp.file("e.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Json::parse(read_text_file(tmp.file("e.json"))).at("result").at("clean").dump(), p.at("int8").at("clean").dump());
+  r = run_csipose({"ptq", "--checkpoint", run + "/checkpoints/best.safetensors", "--mode", "dynamic", "--out",
+                   tmp.file("d.csq")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--out needs --mode static"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainerTest, QatConfigErrorsNameTheKey) {
+  TempDir tmp;
+  testing::write_file(tmp.file("q1.yaml"), config_yaml() + "qat:\n  policy: {fold_bnn: true}\n");
+  auto r = run_csipose({"qat", "--config", tmp.file("q1.yaml"), "--run-dir", tmp.file("r1")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("qat.policy.fold_bnn"), std::string::npos) << r.output;
+  testing::write_file(tmp.file("p.yaml"), "fold_bn: false\n");
+  testing::write_file(tmp.file("q2.yaml"), config_yaml() + "qat:\n  policy_file: \"" + tmp.file("p.yaml") +
+                                               "\"\n  policy: {fold_bn: true}\n");
+  r = run_csipose({"qat", "--config", tmp.file("q2.yaml"), "--run-dir", tmp.file("r2")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("not both"), std::string::npos) << r.output;
+  // The resolved config carries the policy read from the file.
+  const auto cfg = ExperimentConfig::parse(config_yaml() + "qat:\n  policy_file: \"" + tmp.file("p.yaml") + "\"\n", "<t>");
+  EXPECT_FALSE(cfg.qat.policy.fold_bn);
+  EXPECT_EQ(ExperimentConfig::parse(cfg.to_yaml(), "<t>").to_yaml(), cfg.to_yaml());
+  // qat needs a qat: section and train refuses one.
+  testing::write_file(tmp.file("plain.yaml"), config_yaml());
+  r = run_csipose({"qat", "--config", tmp.file("plain.yaml"), "--run-dir", tmp.file("r3")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("no qat: section"), std::string::npos) << r.output;
+  testing::write_file(tmp.file("q3.yaml"), config_yaml() + "qat: {bn_update_epochs: 1}\n");
+  r = run_csipose({"train", "--config", tmp.file("q3.yaml"), "--run-dir", tmp.file("r4")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("csipose qat"), std::string::npos) << r.output;
 }
 
 }  // namespace

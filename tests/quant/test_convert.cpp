@@ -1,0 +1,261 @@
+// Conversion to int8: every quantized op computes, after convert, what its fake-quant form computed
+// (to one output step on a small fraction of elements); BatchNorm folding is exact in eval and
+// follows PyTorch's BatchNorm in training; whole models convert, and the .csq file round-trips bit
+// for bit, stores int8 weights only and refuses a modified payload.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "common/check.h"
+#include "models/int8_checkpoint.h"
+#include "models/pose_model.h"
+#include "models/registry.h"
+#include "models/safetensors.h"
+#include "quant/prepare.h"
+#include "testing.h"
+
+namespace csipose {
+namespace {
+using testing::TempDir;
+
+/// One op under the name "op" (prepare looks at children), with a BatchNorm "bn" after convs.
+struct OneOpImpl : torch::nn::Module {
+  explicit OneOpImpl(const std::string& kind) : kind(kind) {
+    if (kind == "conv1d") {
+      conv1 = register_module("op", QConv1d(torch::nn::Conv1dOptions(8, 12, 3).padding(2).dilation(2).groups(2)));
+      bn = register_module("bn", QBatchNorm(12));
+    } else if (kind == "conv2d") {
+      conv2 = register_module("op", QConv2d(torch::nn::Conv2dOptions(6, 10, {1, 3}).stride({1, 2}).padding({0, 1})));
+      bn = register_module("bn", QBatchNorm(10));
+    } else if (kind == "linear") {
+      lin = register_module("op", QLinear(24, 16));
+    } else {
+      mm = register_module("op", QMatmul());
+    }
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    if (kind == "conv1d") return bn(conv1(x));
+    if (kind == "conv2d") return bn(conv2(x));
+    if (kind == "linear") return lin(x);
+    return mm(x, x.transpose(-2, -1));
+  }
+  torch::Tensor input(int64_t n) const {
+    if (kind == "conv1d") return torch::randn({n, 8, 17});
+    if (kind == "conv2d") return torch::randn({n, 6, 3, 11});
+    if (kind == "linear") return torch::randn({n, 5, 24});
+    return torch::randn({n, 2, 7, 9});
+  }
+  std::string kind;
+  QConv1d conv1{nullptr};
+  QConv2d conv2{nullptr};
+  QLinear lin{nullptr};
+  QMatmul mm{nullptr};
+  QBatchNorm bn{nullptr};
+};
+
+/// Non-trivial BatchNorm state everywhere in a model.
+void randomize_batchnorms(torch::nn::Module& m) {
+  torch::NoGradGuard g;
+  for (auto& kv : m.named_buffers()) {
+    if (kv.key().find("running_mean") != std::string::npos) kv.value().copy_(torch::randn_like(kv.value()) * 0.2);
+    if (kv.key().find("running_var") != std::string::npos) kv.value().copy_(torch::rand_like(kv.value()) + 0.5);
+  }
+  for (auto& kv : m.named_parameters()) {
+    const auto& k = kv.key();
+    if (k.find("bn") != std::string::npos || k.find("block.1.") != std::string::npos) {
+      if (k.size() > 6 && k.compare(k.size() - 6, 6, "weight") == 0) kv.value().copy_(1 + 0.2 * torch::randn_like(kv.value()));
+      if (k.size() > 4 && k.compare(k.size() - 4, 4, "bias") == 0) kv.value().copy_(0.1 * torch::randn_like(kv.value()));
+    }
+  }
+}
+
+class ConvertOp : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ConvertOp, Int8AgreesWithFakeQuantToOneStep) {
+  torch::manual_seed(11);
+  OneOpImpl m(GetParam());
+  randomize_batchnorms(m);
+  m.eval();
+  const std::vector<std::pair<std::string, std::string>> pairs =
+      m.bn ? std::vector<std::pair<std::string, std::string>>{{"op", "bn"}} : std::vector<std::pair<std::string, std::string>>{};
+  PreparedModel p = prepare(m, QuantPolicy{}, pairs);
+  ASSERT_EQ(p.hooks.size(), 1u);
+  EXPECT_EQ(p.folded_bn(), m.bn ? 1 : 0);
+  torch::NoGradGuard g;
+  p.set_mode(QuantMode::observe);
+  for (int i = 0; i < 3; ++i) m.forward(m.input(16));
+  p.freeze_observers(true);
+  p.set_mode(QuantMode::fake_quant);
+  const torch::Tensor x = m.input(32);
+  const torch::Tensor fq = m.forward(x);
+  p.convert(m);
+  const QuantHook::Int8State* s = p.hooks[0].second->int8_state();
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(static_cast<bool>(s->packed), GetParam() != "matmul");  // weighted ops run the int8 kernel
+  const torch::Tensor i8 = m.forward(x);
+  ASSERT_EQ(i8.sizes(), fq.sizes());
+  const double step = s->output->scale[0];
+  const torch::Tensor steps = ((i8 - fq).abs() / step);
+  EXPECT_LE(steps.max().item<double>(), 1.0 + 1e-3) << GetParam();
+  const double off = (steps > 0.5).to(torch::kDouble).mean().item<double>();
+  EXPECT_LE(off, 0.01) << GetParam() << ": " << off * 100 << "% of outputs differ by a step";
+  // The output grid is the output point's: every value is s_out * (q - zp) for an integer q.
+  const torch::Tensor q = i8 / step + s->output->zero_point[0];
+  EXPECT_LT((q - q.round()).abs().max().item<double>(), 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, ConvertOp, ::testing::Values("conv1d", "conv2d", "linear", "matmul"));
+
+TEST(FoldBatchNorm, EvalIsTheFoldedOpAndTrainingFollowsPyTorch) {
+  for (const std::string kind : {"conv1d", "conv2d"}) {
+    torch::manual_seed(5);
+    OneOpImpl ref(kind), folded(kind);
+    randomize_batchnorms(ref);
+    {
+      torch::NoGradGuard g;
+      for (size_t i = 0; i < ref.parameters().size(); ++i) folded.parameters()[i].copy_(ref.parameters()[i]);
+      for (size_t i = 0; i < ref.buffers().size(); ++i) folded.buffers()[i].copy_(ref.buffers()[i]);
+    }
+    PreparedModel p = prepare(folded, QuantPolicy{}, {{"op", "bn"}});
+    p.set_mode(QuantMode::observe);  // quantization points observe only: the float math of folding
+    const torch::Tensor x = ref.input(8);
+    ref.eval();
+    folded.eval();
+    EXPECT_TRUE(torch::allclose(folded.forward(x), ref.forward(x), 1e-5, 1e-5)) << kind;
+    // Training mode, BatchNorm not frozen: batch statistics, and the same running-stat update.
+    ref.train();
+    folded.train();
+    const torch::Tensor yr = ref.forward(x), yf = folded.forward(x);
+    EXPECT_TRUE(torch::allclose(yf, yr, 1e-4, 1e-5)) << kind << " max diff " << (yf - yr).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(folded.bn->running_mean, ref.bn->running_mean, 1e-5, 1e-6)) << kind;
+    EXPECT_TRUE(torch::allclose(folded.bn->running_var, ref.bn->running_var, 1e-5, 1e-6)) << kind;
+    EXPECT_EQ(folded.bn->num_batches_tracked.item<int64_t>(), ref.bn->num_batches_tracked.item<int64_t>());
+    // Frozen BatchNorm in training: running statistics, nothing updated.
+    p.freeze_bn(true);
+    const torch::Tensor mean_before = folded.bn->running_mean.clone();
+    ref.eval();
+    EXPECT_TRUE(torch::allclose(folded.forward(x), ref.forward(x), 1e-5, 1e-5)) << kind;
+    EXPECT_TRUE(torch::equal(folded.bn->running_mean, mean_before));
+    // Gradients reach the conv weight and the BatchNorm's gamma / beta through the folded op.
+    p.set_mode(QuantMode::fake_quant);
+    folded.forward(x).pow(2).sum().backward();
+    EXPECT_GT(folded.bn->weight.grad().abs().sum().item<double>(), 0.0);
+    EXPECT_GT(folded.bn->bias.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
+struct Converted {
+  std::shared_ptr<PoseModelImpl> model;
+  ModelConfig config;
+  torch::Tensor x, fake_quant, int8;
+};
+
+Converted convert_preset(const std::string& preset, uint64_t seed) {
+  torch::manual_seed(seed);
+  Converted c;
+  c.config = model_preset(preset);
+  c.model = make_model(c.config);
+  randomize_batchnorms(*c.model);
+  c.model->eval();
+  PreparedModel p = prepare(*c.model, QuantPolicy{}, c.model->bn_fold_pairs());
+  torch::NoGradGuard g;
+  std::vector<int64_t> shape{8};
+  for (int64_t d : c.model->input_shape()) shape.push_back(d);
+  p.set_mode(QuantMode::observe);
+  for (int i = 0; i < 2; ++i) c.model->forward(torch::rand(shape));
+  p.freeze_observers(true);
+  p.set_mode(QuantMode::fake_quant);
+  c.x = torch::rand(shape);
+  c.fake_quant = c.model->forward(c.x);
+  p.convert(*c.model);
+  c.int8 = c.model->forward(c.x);
+  return c;
+}
+
+TEST(ConvertModel, WiFlowInt8FollowsFakeQuantAndRoundTripsThroughCsq) {
+  const Converted c = convert_preset("wiflow_tiny", 21);
+  // 48 ops, 42 convs with a BatchNorm after them (all but the 6 attention ones... qkv has one).
+  const PreparedModel p = prepared_hooks(*c.model);
+  EXPECT_EQ(p.hooks.size(), 48u);
+  EXPECT_EQ(p.folded_bn(), 44);  // every conv: 20 TCN + 20 encoder + 2 qkv + 2 decoder
+  // End to end, a one-step difference somewhere can move later values a little; the outputs
+  // (sigmoid-range keypoints) stay within a few output steps of the fake-quant model.
+  const double max_diff = (c.int8 - c.fake_quant).abs().max().item<double>();
+  EXPECT_LT(max_diff, 0.02) << max_diff;
+  EXPECT_LT((c.int8 - c.fake_quant).abs().mean().item<double>(), 2e-3);
+
+  TempDir tmp;
+  const std::string path = tmp.file("m.csq");
+  save_int8_checkpoint(path, c.config, QuantPolicy{}, *c.model, {{"metric", "test metric"}});
+  ASSERT_TRUE(is_int8_checkpoint(path));
+  Int8Checkpoint back = load_int8_checkpoint(path);
+  EXPECT_EQ(back.metadata.at("metric"), "test metric");
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::equal(back.model->forward(c.x), c.int8));  // bit for bit
+  // The converted ops' float weights are not in the file: NaN in the loaded model, unused.
+  int nan_params = 0;
+  for (const auto& t : back.model->parameters()) nan_params += torch::isnan(t).any().item<bool>() ? 1 : 0;
+  EXPECT_GT(nan_params, 40);
+  const Int8Size size = int8_checkpoint_size(path);
+  int64_t fp32_bytes = 0;
+  for (const auto& kv : state_dict(*make_model(c.config))) fp32_bytes += kv.second.numel() * kv.second.element_size();
+  EXPECT_GT(size.int8_weight_bytes, 0);
+  EXPECT_LT(size.file_bytes, fp32_bytes / 2) << "int8 file " << size.file_bytes << " vs fp32 " << fp32_bytes;
+
+  // A modified payload byte is refused with the reason.
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  bytes[bytes.size() - 3] ^= 0x10;
+  {
+    std::ofstream out(tmp.file("bad.csq"), std::ios::binary);
+    out << bytes;
+  }
+  const std::string err = testing::error_of([&] { load_int8_checkpoint(tmp.file("bad.csq")); });
+  EXPECT_NE(err.find("sha256"), std::string::npos) << err;
+  EXPECT_FALSE(is_int8_checkpoint(tmp.file("missing.csq")));
+}
+
+TEST(ConvertModel, PoseTransformerInt8FollowsFakeQuant) {
+  const Converted c = convert_preset("pose_nano", 22);
+  EXPECT_EQ(prepared_hooks(*c.model).folded_bn(), 0);
+  const double max_diff = (c.int8 - c.fake_quant).abs().max().item<double>();
+  EXPECT_LT(max_diff, 0.02) << max_diff;
+  EXPECT_GT(max_diff, 0.0 - 1.0);
+  TempDir tmp;
+  save_int8_checkpoint(tmp.file("p.csq"), c.config, QuantPolicy{}, *c.model, {{"metric", "m"}});
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::equal(load_int8_checkpoint(tmp.file("p.csq")).model->forward(c.x), c.int8));
+}
+
+TEST(ConvertModel, RefusesWhatCannotBeFrozen) {
+  torch::manual_seed(3);
+  OneOpImpl m("linear");
+  PreparedModel p = prepare(m, QuantPolicy{});
+  // Nothing observed yet: no activation qparams to freeze.
+  EXPECT_NE(testing::error_of([&] { p.convert(m); }).find("observed nothing"), std::string::npos);
+  p.set_dynamic(true);
+  p.set_mode(QuantMode::fake_quant);
+  {
+    torch::NoGradGuard g;
+    m.forward(m.input(4));
+  }
+  EXPECT_NE(testing::error_of([&] { p.convert(m); }).find("dynamic"), std::string::npos);
+  // A model that was never converted cannot be written as int8.
+  torch::manual_seed(4);
+  auto model = make_model(model_preset("pose_nano"));
+  prepare(*model, QuantPolicy{});
+  TempDir tmp;
+  const std::string err = testing::error_of(
+      [&] { save_int8_checkpoint(tmp.file("x.csq"), model_preset("pose_nano"), QuantPolicy{}, *model, {{"metric", "m"}}); });
+  EXPECT_NE(err.find("not converted"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace csipose
