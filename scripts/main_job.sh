@@ -1,26 +1,58 @@
 #!/usr/bin/env bash
-# The main job: set up and build, generate the default synthetic dataset, score the baselines,
-# then train wiflow_half with the full fp32 recipe (configs/train/wiflow_half.yaml) and evaluate it
-# under the locked metric. Outputs: experiments/main/ (dataset, baselines, summary) and the run
-# directory experiments/main/wiflow_half/ (config, metrics.jsonl, checkpoints, report.md/json).
-# Re-running continues an interrupted training run (--resume) instead of starting over.
+# The main job: set up and build, generate the default synthetic datasets, score the baselines, then
+# for wiflow_half (WiFlow layout) and pose_micro (MM-Fi layout):
+#   fp32 training (configs/train/<model>.yaml) -> static PTQ to int8 (calibration from the train split)
+#   -> QAT from the fp32 model (configs/qat/<model>.yaml) -> conversion to int8 (model.csq)
+# and writes experiments/main/summary.md: fp32, PTQ and QAT (fake-quant and converted int8) under the
+# locked metric, with the fake-quant -> int8 and fp32 -> int8 gaps.
+# Re-running continues interrupted training runs (--resume) and skips finished ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BIN=${CSIPOSE_BUILD_DIR:-build}/csipose
 OUT=experiments/main
-DATA=data/synth_small
-RUN=$OUT/wiflow_half
 mkdir -p "$OUT"
-if [ ! -f "$DATA/csi_windows.npy" ]; then
-  "$BIN" data synth --config configs/data/synth_small.yaml --out "$DATA"
+
+# train|qat CONFIG RUN_DIR: a run that resumes when interrupted and is skipped when finished.
+run() {
+  local cmd=$1 config=$2 dir=$3
+  if [ -f "$dir/report.json" ]; then
+    echo "$dir: finished earlier"
+  elif [ -f "$dir/config.yaml" ]; then
+    "$BIN" "$cmd" --resume "$dir"
+  else
+    "$BIN" "$cmd" --config "$config" --run-dir "$dir"
+  fi
+}
+
+if [ ! -f data/synth_small/csi_windows.npy ]; then
+  "$BIN" data synth --config configs/data/synth_small.yaml --out data/synth_small
 fi
-"$BIN" data inspect "$DATA" --json "$OUT/dataset.json" | tee "$OUT/dataset.txt"
-"$BIN" baseline --data "$DATA" --json "$OUT/baselines.json" | tee "$OUT/baselines.txt"
-if [ -f "$RUN/config.yaml" ] && [ ! -f "$RUN/report.json" ]; then
-  "$BIN" train --resume "$RUN"
-elif [ ! -f "$RUN/report.json" ]; then
-  "$BIN" train --config configs/train/wiflow_half.yaml --set data.root="$DATA" --run-dir "$RUN"
-fi
-cat "$RUN/report.md" | tee "$OUT/summary.md"
-echo "main job done: $OUT/ (training run: $RUN/)"
+"$BIN" data inspect data/synth_small --json "$OUT/dataset.json" | tee "$OUT/dataset.txt"
+"$BIN" baseline --data data/synth_small --json "$OUT/baselines.json" | tee "$OUT/baselines.txt"
+
+for model in wiflow_half pose_micro; do
+  run train "configs/train/$model.yaml" "$OUT/$model"
+  "$BIN" ptq --checkpoint "$OUT/$model/checkpoints/best.safetensors" --mode static --calibration 32 \
+    --out "$OUT/${model}_ptq.csq" --json "$OUT/${model}_ptq.json" | tee "$OUT/${model}_ptq.txt"
+  run qat "configs/qat/$model.yaml" "$OUT/${model}_qat"
+done
+
+{
+  echo "# csipose main job: fp32 -> PTQ / QAT -> int8"
+  echo
+  for model in wiflow_half pose_micro; do
+    echo "## $model"
+    echo
+    echo '### Static PTQ (histogram / MSE observer, 32 calibration batches of train/clean)'
+    echo
+    echo '```'
+    cat "$OUT/${model}_ptq.txt"
+    echo '```'
+    echo
+    sed -e 's/^# /### /' -e 's/^## /### /' "$OUT/${model}_qat/report.md"
+    echo
+  done
+} > "$OUT/summary.md"
+cat "$OUT/summary.md"
+echo "main job done: $OUT/summary.md (runs: $OUT/wiflow_half{,_qat}, $OUT/pose_micro{,_qat})"

@@ -131,6 +131,15 @@ void QuantHook::convert(const torch::Tensor& w_eff, const torch::Tensor& b_eff) 
   set_int8(std::move(s));
 }
 
+const QuantHook::Int8State& QuantHook::int8_on(const torch::Device& device) {
+  CSIPOSE_CHECK(int8_.has_value(), "QuantHook ", name_, ": not converted");
+  Int8State& s = *int8_;
+  if (s.packed && s.packed->q.device() != device) s.packed = s.packed->to(device);
+  if (s.weight.defined() && s.weight.device() != device) s.weight = s.weight.to(device);
+  if (s.bias.defined() && s.bias.device() != device) s.bias = s.bias.to(device);
+  return s;
+}
+
 void QuantHook::set_int8(Int8State state) {
   CSIPOSE_CHECK(state.inputs.empty() == !quantizes_activations(), "QuantHook ", name_,
                 ": int8 state disagrees with the policy on quantized activations");
@@ -202,15 +211,14 @@ torch::Tensor along_channels(const torch::Tensor& v, int64_t dim) {
 torch::Tensor hooked_forward(QuantHook& h, bool training, const torch::Tensor& x, const torch::Tensor& w,
                              const torch::Tensor& b, const FloatOp& op, const Int8Op& int8_op) {
   if (h.mode() == QuantMode::int8) {
-    const auto* s = h.int8_state();
-    if (s->packed) {
-      const torch::Tensor xq = quantize_tensor(x.contiguous(), s->inputs[0], h.activation_rounding());
-      const PackedWeight& pw = s->packed->q.device() == x.device() ? *s->packed : s->packed->to(x.device());
-      return dequantize_tensor(int8_op(xq, s->inputs[0], pw, *s->output, h.activation_rounding()), *s->output);
+    const auto& s = h.int8_on(x.device());
+    if (s.packed) {
+      const torch::Tensor xq = quantize_tensor(x.contiguous(), s.inputs[0], h.activation_rounding());
+      return dequantize_tensor(int8_op(xq, s.inputs[0], *s.packed, *s.output, h.activation_rounding()), *s.output);
     }
-    const torch::Tensor xin = s->inputs.empty() ? x : fake_quantize(x, s->inputs[0], h.activation_rounding());
-    const torch::Tensor y = op(xin, s->weight.to(x.device()), s->bias.defined() ? s->bias.to(x.device()) : s->bias);
-    return s->output ? fake_quantize(y, *s->output, h.activation_rounding()) : y;
+    const torch::Tensor xin = s.inputs.empty() ? x : fake_quantize(x, s.inputs[0], h.activation_rounding());
+    const torch::Tensor y = op(xin, s.weight, s.bias);
+    return s.output ? fake_quantize(y, *s.output, h.activation_rounding()) : y;
   }
   const torch::Tensor xin = h.input(x);
   FoldableBn* bn = h.bn();

@@ -113,6 +113,8 @@ class QuantHook {
   /// Installs a state read back from an int8 checkpoint; switches to QuantMode::int8.
   void set_int8(Int8State state);
   const Int8State* int8_state() const { return int8_ ? &*int8_ : nullptr; }
+  /// The int8 state with its tensors on `device` (moved there once, on first use).
+  const Int8State& int8_on(const torch::Device& device);
   Rounding activation_rounding() const;
 
   /// Input point `i` (0, or 1 for a matmul's second operand) and the output point.

@@ -234,6 +234,37 @@ TEST(ConvertModel, PoseTransformerInt8FollowsFakeQuant) {
   EXPECT_TRUE(torch::equal(load_int8_checkpoint(tmp.file("p.csq")).model->forward(c.x), c.int8));
 }
 
+TEST(ConvertModel, Int8OpsAreIdenticalOnCpuAndCuda_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::NoGradGuard g;
+  // Per op: exact integer accumulation and one correctly rounded float32 step per requantization,
+  // so the same int8 input gives the same int8 output bits on both devices.
+  for (const std::string kind : {"conv1d", "conv2d", "linear", "matmul"}) {
+    torch::manual_seed(31);
+    OneOpImpl m(kind);
+    randomize_batchnorms(m);
+    m.eval();
+    PreparedModel p = prepare(m, QuantPolicy{}, m.bn ? std::vector<std::pair<std::string, std::string>>{{"op", "bn"}}
+                                                     : std::vector<std::pair<std::string, std::string>>{});
+    p.set_mode(QuantMode::observe);
+    m.forward(m.input(16));
+    p.convert(m);
+    const torch::Tensor x = m.input(16);
+    const torch::Tensor cpu = m.forward(x);
+    m.to(torch::kCUDA);
+    const torch::Tensor gpu = m.forward(x.to(torch::kCUDA)).to(torch::kCPU);
+    EXPECT_TRUE(torch::equal(cpu, gpu)) << kind << ": max diff " << (cpu - gpu).abs().max().item<double>();
+  }
+  // Whole models: the float islands between the int8 ops (SiLU, softmax, LayerNorm) may round
+  // differently on the GPU, so a requantization can move by a step; the keypoints stay close.
+  for (const char* preset : {"wiflow_tiny", "pose_nano"}) {
+    const Converted c = convert_preset(preset, 23);
+    c.model->to(torch::kCUDA);
+    const torch::Tensor gpu = c.model->forward(c.x.to(torch::kCUDA)).to(torch::kCPU);
+    EXPECT_LT((gpu - c.int8).abs().max().item<double>(), 0.02) << preset;
+  }
+}
+
 TEST(ConvertModel, RefusesWhatCannotBeFrozen) {
   torch::manual_seed(3);
   OneOpImpl m("linear");
