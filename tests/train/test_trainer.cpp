@@ -406,7 +406,7 @@ TEST_F(TrainerTest, QatResumesBitExactlyAndReportsFp32FakeQuantAndInt8) {
   const Json ra = Json::parse(read_text_file(a + "/report.json"));
   const Json rb = Json::parse(read_text_file(b + "/report.json"));
   const Json& q = ra.at("quantization");
-  EXPECT_EQ(q.dump(), rb.at("quantization").dump());
+  for (const char* k : {"fp32", "fake_quant", "int8", "gaps", "sizes"}) EXPECT_EQ(q.at(k).dump(), rb.at("quantization").at(k).dump()) << k;
   const Json fp32_report = Json::parse(read_text_file(fp32 + "/report.json"));
   EXPECT_EQ(q.at("fp32").at("clean").dump(), fp32_report.at("test").at("clean").dump());
   EXPECT_EQ(q.at("fake_quant").at("clean").dump(), ra.at("test").at("clean").dump());
@@ -414,7 +414,9 @@ TEST_F(TrainerTest, QatResumesBitExactlyAndReportsFp32FakeQuantAndInt8) {
   EXPECT_GT(q.at("folded_batchnorms").as_int(), 10);
   // Test split: 2 files x 8 windows x 15 joints = 240 keypoints, one keypoint = 0.42 points.
   EXPECT_LE(std::abs(q.at("gaps").at("full").at("fake_quant_minus_int8_pck@20_points").as_double()), 1.0);
-  EXPECT_LT(q.at("sizes").at("int8_file_bytes").as_int(), q.at("sizes").at("fp32_state_bytes").as_int());
+  // Tensor bytes (a model this small has a .csq whose JSON header outweighs its weights).
+  EXPECT_LT(q.at("sizes").at("int8_weight_bytes").as_int() + q.at("sizes").at("float_bytes").as_int(),
+            q.at("sizes").at("fp32_state_bytes").as_int() / 2);
   const std::string md = read_text_file(a + "/report.md");
   EXPECT_NE(md.find("| int8 | clean |"), std::string::npos) << md;
   EXPECT_NE(md.find("| fp32 | clean |"), std::string::npos) << md;
