@@ -316,6 +316,11 @@ QBatchNormImpl::QBatchNormImpl(int64_t num_features, double eps, double momentum
   reset();
 }
 
+void QBatchNormImpl::set_momentum(double momentum) {
+  CSIPOSE_CHECK(momentum > 0 && momentum <= 1, "QBatchNorm: momentum must be in (0, 1], got ", momentum);
+  momentum_ = momentum;
+}
+
 void QBatchNormImpl::reset() {
   weight = register_parameter("weight", torch::ones({num_features_}));
   bias = register_parameter("bias", torch::zeros({num_features_}));

@@ -237,6 +237,8 @@ class QBatchNormImpl : public torch::nn::Cloneable<QBatchNormImpl>, public Folda
   std::optional<double> bn_momentum() const override { return momentum_; }
   bool bn_training() const override { return is_training(); }
   int64_t bn_features() const override { return num_features_; }
+  /// Like `options.momentum(m)` of torch::nn::BatchNorm (1 = the last batch's statistics).
+  void set_momentum(double momentum);
 
   torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 

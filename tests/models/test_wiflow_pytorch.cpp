@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <sstream>
 #include <stdexcept>
@@ -19,6 +20,7 @@
 #include "data/npy_torch.h"
 #include "models/safetensors.h"
 #include "models/wiflow.h"
+#include "quant/qmodules.h"
 #include "testing.h"
 
 namespace csipose {
@@ -64,29 +66,33 @@ WiFlow make_model(WiFlowConfig config, uint64_t seed) {
   config.dropout2d = 0;
   WiFlow model(config);
   torch::NoGradGuard no_grad;
-  std::vector<torch::nn::BatchNormImplBase<1, torch::nn::BatchNorm1dImpl>*> bn1d;
-  std::vector<torch::nn::BatchNormImplBase<2, torch::nn::BatchNorm2dImpl>*> bn2d;
-  for (const auto& m : model->modules(/*include_self=*/false)) {
-    if (auto* bn = m->as<torch::nn::BatchNorm1dImpl>()) bn1d.push_back(bn);
-    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) bn2d.push_back(bn);
-  }
-  EXPECT_GT(bn1d.size() + bn2d.size(), 30u);
-  auto for_each_bn = [&](const auto& f) {
-    for (auto* bn : bn1d) f(*bn);
-    for (auto* bn : bn2d) f(*bn);
+  // WiFlow's BatchNorms after convolutions are QBatchNorm (foldable in QAT), the rest torch's.
+  struct Bn {
+    torch::Tensor weight, bias, running_mean, running_var;
+    std::function<void(double)> set_momentum;
   };
-  for_each_bn([](auto& bn) {
+  std::vector<Bn> bns;
+  for (const auto& m : model->modules(/*include_self=*/false)) {
+    if (auto* bn = m->as<torch::nn::BatchNorm1dImpl>())
+      bns.push_back({bn->weight, bn->bias, bn->running_mean, bn->running_var, [bn](double v) { bn->options.momentum(v); }});
+    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>())
+      bns.push_back({bn->weight, bn->bias, bn->running_mean, bn->running_var, [bn](double v) { bn->options.momentum(v); }});
+    if (auto* bn = m->as<QBatchNormImpl>())
+      bns.push_back({bn->weight, bn->bias, bn->running_mean, bn->running_var, [bn](double v) { bn->set_momentum(v); }});
+  }
+  EXPECT_GT(bns.size(), 30u);
+  for (Bn& bn : bns) {
     bn.weight.uniform_(0.5, 1.5);
     bn.bias.normal_(0.0, 0.2);
-    bn.options.momentum(1.0);
-  });
+    bn.set_momentum(1.0);
+  }
   model->train();
   model->forward(torch::randn({32, config.input_channels, config.time_steps}));
-  for_each_bn([](auto& bn) {
-    bn.options.momentum(0.1);
+  for (Bn& bn : bns) {
+    bn.set_momentum(0.1);
     bn.running_var.mul_(torch::empty_like(bn.running_var).uniform_(0.5, 2.0));
     bn.running_mean.add_(torch::randn_like(bn.running_mean) * 0.2 * bn.running_var.sqrt());
-  });
+  }
   model->eval();
   return model;
 }

@@ -406,7 +406,10 @@ TEST_F(TrainerTest, QatResumesBitExactlyAndReportsFp32FakeQuantAndInt8) {
   const Json ra = Json::parse(read_text_file(a + "/report.json"));
   const Json rb = Json::parse(read_text_file(b + "/report.json"));
   const Json& q = ra.at("quantization");
-  for (const char* k : {"fp32", "fake_quant", "int8", "gaps", "sizes"}) EXPECT_EQ(q.at(k).dump(), rb.at("quantization").at(k).dump()) << k;
+  for (const char* k : {"fp32", "fake_quant", "int8", "gaps"}) EXPECT_EQ(q.at(k).dump(), rb.at("quantization").at(k).dump()) << k;
+  // The .csq header names its source run, so only the tensor sizes are the same in both runs.
+  for (const char* k : {"fp32_state_bytes", "int8_weight_bytes", "float_bytes"})
+    EXPECT_EQ(q.at("sizes").at(k).as_int(), rb.at("quantization").at("sizes").at(k).as_int()) << k;
   const Json fp32_report = Json::parse(read_text_file(fp32 + "/report.json"));
   EXPECT_EQ(q.at("fp32").at("clean").dump(), fp32_report.at("test").at("clean").dump());
   EXPECT_EQ(q.at("fake_quant").at("clean").dump(), ra.at("test").at("clean").dump());
