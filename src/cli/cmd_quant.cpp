@@ -2,7 +2,9 @@
 // dynamic), evaluated as a fake-quant model under the locked metric next to its fp32 numbers.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -13,6 +15,7 @@
 #include "data/loader.h"
 #include "models/int8_checkpoint.h"
 #include "quant/prepare.h"
+#include "train/sensitivity.h"
 #include "train/trainer.h"
 
 namespace csipose::cli {
@@ -96,8 +99,11 @@ int convert(const Args& args) {
 
 int ptq(const Args& args) {
   po::options_description desc("options");
-  std::string checkpoint, data_dir, mode, observer, policy_file, device, json, calib_out, int8_out;
+  std::string checkpoint, data_dir, mode, observer, policy_file, device, json, calib_out, int8_out, policy_out;
+  std::string budget_metric;
   int64_t calibration = 32, batch = 64, seed = 0;
+  double budget = -1;
+  bool sensitivity = false;
   desc.add_options()
       ("checkpoint", po::value(&checkpoint)->required(), "fp32 checkpoint (training, best or weights init)")
       ("data", po::value(&data_dir), "dataset directory (default: the one the checkpoint was trained on)")
@@ -110,14 +116,26 @@ int ptq(const Args& args) {
       ("seed", po::value(&seed)->default_value(0), "seed of the calibration batch order")
       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N | auto")
       ("calibration-out", po::value(&calib_out)->default_value(""), "write the calibration set (window indices) and observer states here (JSON)")
+      ("sensitivity", po::bool_switch(&sensitivity), "per-layer sensitivity table: each op's SQNR and the PCK@20 drop with only that op quantized")
+      ("metric", po::value(&budget_metric)->default_value("val/clean/pck@20"),
+       "split/subset/measure of the sensitivity table and the --auto-budget search (measure pck@K | mpjpe | loss)")
+      ("auto-budget", po::value(&budget), "max drop of --metric vs fp32 (PCK in points): move the most sensitive ops to fp32 until it holds (implies --sensitivity)")
+      ("policy-out", po::value(&policy_out)->default_value(""), "write the final policy YAML here (with --auto-budget: including the fp32 ops it chose)")
       ("out", po::value(&int8_out)->default_value(""), "static: also convert to int8, write this .csq and evaluate it")
       ("json", po::value(&json)->default_value(""), "write the result JSON here");
   po::variables_map vm;
-  if (!parse_options("ptq", "--checkpoint C [--mode static|dynamic] [--calibration N] [--json OUT]", desc, args, vm)) return 0;
+  if (!parse_options("ptq", "--checkpoint C [--mode static|dynamic] [--calibration N] [--auto-budget P] [--json OUT]", desc,
+                     args, vm))
+    return 0;
   CSIPOSE_CHECK(mode == "static" || mode == "dynamic", "ptq: --mode must be static or dynamic, got \"", mode, "\"");
   CSIPOSE_CHECK(calibration > 0 && batch > 0, "ptq: --calibration and --batch-size must be > 0");
   CSIPOSE_CHECK(int8_out.empty() || mode == "static", "ptq: --out needs --mode static (dynamic qparams are per call)");
   CSIPOSE_CHECK(observer == "minmax" || observer == "histogram", "ptq: --observer must be minmax or histogram, got \"", observer, "\"");
+  const bool auto_search = vm.count("auto-budget") > 0;
+  CSIPOSE_CHECK(!auto_search || (std::isfinite(budget) && budget >= 0), "ptq: --auto-budget must be >= 0 points, got ", budget);
+  sensitivity = sensitivity || auto_search;
+  const MonitorSpec metric = MonitorSpec::parse(budget_metric, "ptq --metric");
+  const Split split_for_sensitivity = parse_split(budget_metric.substr(0, budget_metric.find('/')));
 
   ModelConfig mc;
   std::map<std::string, std::string> meta;
@@ -128,6 +146,7 @@ int ptq(const Args& args) {
   model->to(dev);
   model->eval();
   const PoseLoss loss(skeleton_bones(data.spec.skeleton), data.num_joints());
+  check_monitor(metric, data.spec, "ptq --metric");
   const EvalSet test(data, Split::test, dev, 256);
   const EvalMetrics fp32 = test.evaluate(*model, loss, {"identity"});
 
@@ -137,39 +156,73 @@ int ptq(const Args& args) {
     oc.type = observer == "histogram" ? ObserverType::histogram : ObserverType::minmax;
     policy.activation_observer = mode == "dynamic" ? ObserverConfig{} : oc;
   }
-  PreparedModel prepared = prepare(*model, policy, model->bn_fold_pairs());
+  // prepare + calibrate (static: the first n batches of train/clean in the seeded order; observers
+  // frozen after) or switch to dynamic qparams; the model ends in fake-quant mode.
   Json calib = Json::object();
-  if (mode == "static") {
-    LoaderOptions o;
-    o.batch_size = batch;
-    o.seed = static_cast<uint64_t>(seed);
-    o.device = dev;
-    BatchLoader loader(data.x, data.y, data.indices(Split::train, Subset::clean), o);
-    loader.set_epoch(0);
-    const int64_t n = std::min(calibration, loader.num_batches());
-    prepared.set_mode(QuantMode::observe);
-    torch::NoGradGuard no_grad;
-    Json windows = Json::array();
-    for (int64_t b = 0; b < n; ++b) {
-      const Batch bt = loader.batch(b);
-      model->forward(bt.x);
-      for (int64_t i = 0; i < bt.index.numel(); ++i) windows.push(bt.index[i].item<int64_t>());
+  auto quantize_with = [&](const QuantPolicy& p) {
+    PreparedModel prepared = prepare(*model, p, model->bn_fold_pairs());
+    if (mode == "static") {
+      LoaderOptions o;
+      o.batch_size = batch;
+      o.seed = static_cast<uint64_t>(seed);
+      o.device = dev;
+      BatchLoader loader(data.x, data.y, data.indices(Split::train, Subset::clean), o);
+      loader.set_epoch(0);
+      const int64_t n = std::min(calibration, loader.num_batches());
+      prepared.set_mode(QuantMode::observe);
+      torch::NoGradGuard no_grad;
+      Json windows = Json::array();
+      for (int64_t b = 0; b < n; ++b) {
+        const Batch bt = loader.batch(b);
+        model->forward(bt.x);
+        for (int64_t i = 0; i < bt.index.numel(); ++i) windows.push(bt.index[i].item<int64_t>());
+      }
+      prepared.freeze_observers(true);
+      calib = Json::object();
+      calib.set("batches", n).set("windows", windows);
+    } else {
+      prepared.set_dynamic(true);
     }
-    prepared.freeze_observers(true);
-    calib.set("batches", n).set("windows", windows);
-  } else {
-    prepared.set_dynamic(true);
+    prepared.set_mode(QuantMode::fake_quant);
+    return prepared;
+  };
+  PreparedModel prepared = quantize_with(policy);
+
+  std::optional<SensitivityReport> sens;
+  std::optional<AutoBudgetResult> search;
+  if (sensitivity) {
+    const EvalSet sens_set(data, split_for_sensitivity, dev, 256);
+    LoaderOptions o;
+    o.batch_size = 64;
+    o.device = dev;
+    o.shuffle = false;
+    BatchLoader probe(data.x, data.y, data.indices(split_for_sensitivity, Subset::clean), o);
+    CSIPOSE_CHECK(probe.num_batches() > 0, "ptq: the ", to_string(split_for_sensitivity),
+                  " split has no clean windows for the sensitivity probe");
+    sens = layer_sensitivity(*model, prepared, sens_set, loss, probe.batch(0).x, metric);
+    if (auto_search) {
+      search = auto_budget(*model, prepared, sens_set, loss, *sens, budget);
+      if (!search->fp32_layers.empty()) {
+        // The chosen mixed-precision policy, prepared and calibrated from scratch: what --out converts
+        // and what a .csq / a QAT run (qat.policy_file) reproduces.
+        policy = with_fp32_layers(policy, search->fp32_layers);
+        unprepare(*model);
+        prepared = quantize_with(policy);
+      }
+    }
   }
-  prepared.set_mode(QuantMode::fake_quant);
   const EvalMetrics q = test.evaluate(*model, loss, {"identity"});
   if (!calib_out.empty()) {
     calib.set("checkpoint", checkpoint).set("split", "train/clean").set("seed", seed);
     calib.set("policy", policy.to_yaml()).set("observers", prepared.state());
     write_text_atomic(calib_out, calib.dump() + "\n");
   }
+  if (!policy_out.empty()) write_text_atomic(policy_out, policy.to_yaml());
   std::optional<EvalMetrics> i8;
   if (!int8_out.empty()) i8 = write_int8(*model, mc, policy, int8_out, meta, checkpoint, data, test, loss, dev);
 
+  if (sens) std::printf("%s\n", sens->table().c_str());
+  if (search) std::printf("%s\n", search->table().c_str());
   std::printf("ptq %s of %s (%zu quantized ops) on %s, test split:\n", mode.c_str(), checkpoint.c_str(),
               prepared.hooks.size(), dev.str().c_str());
   print_header();
@@ -184,6 +237,8 @@ int ptq(const Args& args) {
     j.set("metric_definition", data.spec.describe()).set("fp32", fp32.to_json()).set("fake_quant", q.to_json());
     j.set("folded_batchnorms", prepared.folded_bn());
     if (i8) j.set("int8", i8->to_json()).set("int8_model", int8_out);
+    if (sens) j.set("sensitivity", sens->to_json());
+    if (search) j.set("auto_budget", search->to_json());
     write_text_atomic(json, j.dump(2) + "\n");
   }
   return 0;

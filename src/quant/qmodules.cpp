@@ -50,7 +50,11 @@ torch::Tensor QuantHook::input(const torch::Tensor& x, int i) {
   return apply(points_[static_cast<size_t>(i)], x);
 }
 
-torch::Tensor QuantHook::output(const torch::Tensor& y) { return apply(points_.back(), y); }
+torch::Tensor QuantHook::output(const torch::Tensor& y) {
+  torch::Tensor out = apply(points_.back(), y);
+  if (output_tap) output_tap(out);
+  return out;
+}
 
 QuantParams QuantHook::weight_qparams(const torch::Tensor& w) const {
   CSIPOSE_CHECK(weight_spec_.has_value(), "QuantHook ", name_, ": weights are float in the policy");

@@ -16,6 +16,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -120,6 +121,9 @@ class QuantHook {
   /// Input point `i` (0, or 1 for a matmul's second operand) and the output point.
   torch::Tensor input(const torch::Tensor& x, int i = 0);
   torch::Tensor output(const torch::Tensor& y);
+  /// When set, called with every output of the op in the observe and fake_quant modes (after the
+  /// output point): how per-layer sensitivity compares a layer's fp32 and fake-quant outputs.
+  std::function<void(const torch::Tensor&)> output_tap;
   /// The weight point. Its qparams come from the current weight's min / max on every call (per
   /// channel along the spec's axis), so the qparams of the last step are exactly what convert packs.
   torch::Tensor weight(const torch::Tensor& w, QuantParams* used = nullptr) const;
