@@ -16,6 +16,9 @@ const std::vector<Command>& commands() {
       {"qat", "quantization-aware training from a config with a qat: section (fp32 warm start -> QAT -> int8 report)", qat},
       {"convert", "convert a QAT checkpoint to an int8 model (.csq) and evaluate fake-quant vs int8", convert},
       {"ptq", "post-training quantization (static with calibration, or dynamic), evaluated as fake-quant vs fp32", ptq},
+      {"sweep", "run a resumable sweep (axes x stages) from a sweep YAML: --workers N, --resume DIR", sweep},
+      {"sweep report", "results CSV, markdown Pareto table and SVG accuracy-vs-size plot of a sweep directory", sweep_report},
+      {"sweep slurm", "--emit: write the sbatch job-array script whose tasks are workers of one sweep", sweep_slurm},
       {"predict", "run a checkpoint over an input .npy in batches (cpu or cuda)", predict},
   };
   return table;

@@ -27,6 +27,9 @@ int train_bench(const Args& args);
 int ptq(const Args& args);
 int qat(const Args& args);
 int convert(const Args& args);
+int sweep(const Args& args);
+int sweep_report(const Args& args);
+int sweep_slurm(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();
