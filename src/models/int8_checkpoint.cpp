@@ -12,6 +12,7 @@
 #include "common/json.h"
 #include "models/pose_model.h"
 #include "models/safetensors.h"
+#include "quant/bitpack.h"
 #include "quant/prepare.h"
 
 namespace csipose {
@@ -60,24 +61,34 @@ void save_int8_checkpoint(const std::string& path, const ModelConfig& config, co
   for (const auto& [name, t] : state_dict(model))
     if (!replaced.count(t.data_ptr())) tensors.emplace_back("model." + name, t);
   Json qp = Json::object();
+  bool sub_byte = false;
   for (const auto& [name, hook] : prepared.hooks) {
     const QuantHook::Int8State* s = hook->int8_state();
     CSIPOSE_CHECK(s != nullptr && hook->mode() == QuantMode::int8, "save_int8_checkpoint: ", name,
                   " is not converted (run PreparedModel::convert first)");
     const std::string pre = "int8." + name + ".";
+    Json op_qp = qparams_json(*s);
     if (s->packed) {
-      tensors.emplace_back(pre + "weight_q", s->packed->q);
+      const int bits = hook->weight_spec()->bits;
+      if (bits < 8) {  // sub-byte weights are stored packed (quant/bitpack.h)
+        tensors.emplace_back(pre + "weight_packed", pack_bits(s->packed->q, bits));
+        op_qp.set("weight_bits", bits).set("weight_shape", s->packed->q.sizes().vec());
+        sub_byte = true;
+      } else {
+        tensors.emplace_back(pre + "weight_q", s->packed->q);
+      }
       if (s->packed->bias_q.defined()) tensors.emplace_back(pre + "bias_q", s->packed->bias_q);
     } else {
       if (s->weight.defined()) tensors.emplace_back(pre + "weight", s->weight);
       if (s->bias.defined()) tensors.emplace_back(pre + "bias", s->bias);
     }
-    qp.set(name, qparams_json(*s));
+    qp.set(name, op_qp);
   }
   std::map<std::string, std::string> meta = metadata;
   meta["magic"] = kInt8Magic;
   meta["format"] = "int8";
-  meta["format_version"] = std::to_string(kInt8Version);
+  // Version 2 added packed sub-byte weights; files without them stay readable by version-1 readers.
+  meta["format_version"] = sub_byte ? "2" : "1";
   meta["model_config"] = config.to_yaml();
   meta["policy"] = policy.to_yaml();
   meta["qparams"] = qp.dump();
@@ -169,7 +180,18 @@ Int8Checkpoint load_int8_checkpoint(const std::string& path) {
       if (!j.at("output").is_null()) s.output = QuantParams::from_json(j.at("output"));
       if (j.contains("weight")) {
         PackedWeight pw;
-        pw.q = tensor("weight_q");
+        if (j.contains("weight_bits")) {
+          const int bits = static_cast<int>(j.at("weight_bits").as_int());
+          CSIPOSE_CHECK(hook->weight_spec() && hook->weight_spec()->bits == bits, "weights stored with ", bits,
+                        " bits, the policy says ", hook->weight_spec() ? hook->weight_spec()->bits : 32);
+          std::vector<int64_t> shape;
+          for (size_t d = 0; d < j.at("weight_shape").size(); ++d) shape.push_back(j.at("weight_shape").at(d).as_int());
+          const torch::Tensor bytes = tensor("weight_packed");
+          CSIPOSE_CHECK(bytes.defined(), "missing packed weight_packed");
+          pw.q = unpack_bits(bytes, bits, shape);
+        } else {
+          pw.q = tensor("weight_q");
+        }
         CSIPOSE_CHECK(pw.q.defined() && pw.q.scalar_type() == torch::kInt8, "missing int8 weight_q");
         pw.bias_q = tensor("bias_q");
         CSIPOSE_CHECK(!pw.bias_q.defined() || pw.bias_q.scalar_type() == torch::kInt, "bias_q is not int32");
@@ -199,7 +221,8 @@ Int8Size int8_checkpoint_size(const std::string& path) {
   Int8Size s;
   for (const auto& [name, t] : f.tensors) {
     const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-    if (name.rfind("int8.", 0) == 0 && (t.scalar_type() == torch::kInt8 || t.scalar_type() == torch::kInt))
+    if (name.rfind("int8.", 0) == 0 &&
+        (t.scalar_type() == torch::kInt8 || t.scalar_type() == torch::kUInt8 || t.scalar_type() == torch::kInt))
       s.int8_weight_bytes += bytes;
     else
       s.float_bytes += bytes;

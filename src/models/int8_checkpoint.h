@@ -6,6 +6,8 @@
 //                                       unfolded BatchNorm, float-island layers, embeddings)
 //             "int8.<op>.weight_q"      I8, the packed weight of an int8 op (the float layout,
 //                                       quant/int8_ops.h PackedWeight)
+//             "int8.<op>.weight_packed" U8, instead of weight_q when the weights have 2..7 bits:
+//                                       the same values packed (quant/bitpack.h; format version 2)
 //             "int8.<op>.bias_q"        I32, its bias at scale s_in * s_w[c]
 //             "int8.<op>.weight"/".bias" F32, the weight / bias of an op that runs as a float op
 //                                       between quantization points (weight-only or fp32 weights)
@@ -28,7 +30,8 @@
 namespace csipose {
 
 constexpr const char* kInt8Magic = "csipose-int8";
-constexpr int kInt8Version = 1;
+/// The newest format this code reads (2: packed sub-byte weights; written only when present).
+constexpr int kInt8Version = 2;
 
 struct Int8Checkpoint {
   ModelConfig config;

@@ -15,6 +15,7 @@
 #include "models/pose_model.h"
 #include "models/registry.h"
 #include "models/safetensors.h"
+#include "quant/bitpack.h"
 #include "quant/prepare.h"
 #include "testing.h"
 
@@ -154,14 +155,14 @@ struct Converted {
   torch::Tensor x, fake_quant, int8;
 };
 
-Converted convert_preset(const std::string& preset, uint64_t seed) {
+Converted convert_preset(const std::string& preset, uint64_t seed, const QuantPolicy& policy = QuantPolicy{}) {
   torch::manual_seed(seed);
   Converted c;
   c.config = model_preset(preset);
   c.model = make_model(c.config);
   randomize_batchnorms(*c.model);
   c.model->eval();
-  PreparedModel p = prepare(*c.model, QuantPolicy{}, c.model->bn_fold_pairs());
+  PreparedModel p = prepare(*c.model, policy, c.model->bn_fold_pairs());
   torch::NoGradGuard g;
   std::vector<int64_t> shape{8};
   for (int64_t d : c.model->input_shape()) shape.push_back(d);
@@ -235,6 +236,85 @@ TEST(ConvertModel, PoseTransformerInt8FollowsFakeQuant) {
   save_int8_checkpoint(tmp.file("p.csq"), c.config, QuantPolicy{}, *c.model, {{"metric", "m"}});
   torch::NoGradGuard g;
   EXPECT_TRUE(torch::equal(load_int8_checkpoint(tmp.file("p.csq")).model->forward(c.x), c.int8));
+}
+
+// ---- sub-byte weights ------------------------------------------------------------------------------
+
+TEST(BitPack, HandComputedLayouts) {
+  auto bytes = [](const torch::Tensor& t) {
+    std::vector<int> v;
+    for (int64_t i = 0; i < t.numel(); ++i) v.push_back(t[i].item<int>());
+    return v;
+  };
+  // int4: two values per byte, the first in the low nibble (two's complement nibbles).
+  EXPECT_EQ(bytes(pack_bits(torch::tensor({1, -1, 7, -8, 3}, torch::kInt8), 4)), (std::vector<int>{0xF1, 0x87, 0x03}));
+  // int2: four per byte, LSB first: 01 10 11 00 | 01.
+  EXPECT_EQ(bytes(pack_bits(torch::tensor({1, -2, -1, 0, 1}, torch::kInt8), 2)), (std::vector<int>{0x39, 0x01}));
+  // int3 crosses byte boundaries: 011 100 11|1 -> 0xE3, 0x01.
+  EXPECT_EQ(bytes(pack_bits(torch::tensor({3, -4, -1}, torch::kInt8), 3)), (std::vector<int>{0xE3, 0x01}));
+  EXPECT_EQ(packed_bytes(5, 4), 3);
+  EXPECT_EQ(packed_bytes(9, 7), 8);
+}
+
+TEST(BitPack, RoundTripsEveryWidthAndRefusesBadData) {
+  torch::manual_seed(3);
+  for (int bits = 2; bits <= 8; ++bits) {
+    for (int64_t n : {1, 3, 7, 8, 13, 1001}) {
+      const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+      torch::Tensor q = torch::randint(lo, hi + 1, {n}, torch::kInt8);
+      q[0] = static_cast<int8_t>(lo);  // both ends of the range
+      q[n - 1] = static_cast<int8_t>(hi);
+      const torch::Tensor packed = pack_bits(q.view({n, 1}), bits);
+      EXPECT_EQ(packed.numel(), (n * bits + 7) / 8);
+      EXPECT_TRUE(torch::equal(unpack_bits(packed, bits, {n, 1}), q.view({n, 1}))) << bits << " bits, " << n;
+    }
+  }
+  EXPECT_NE(testing::error_of([] { pack_bits(torch::tensor({8}, torch::kInt8), 4); }).find("outside the 4-bit range"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([] { unpack_bits(torch::zeros({2}, torch::kUInt8), 4, {5}); }).find("bytes for 5 values"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([] { unpack_bits(torch::tensor({0x10}, torch::kUInt8), 4, {1}); }).find("padding"),
+            std::string::npos);
+}
+
+TEST(ConvertModel, Int4WeightsArePackedInTheCsqAndRunExactly) {
+  QuantPolicy int4;
+  int4.defaults.weights->bits = 4;
+  const Converted c4 = convert_preset("pose_nano", 23, int4);
+  const Converted c8 = convert_preset("pose_nano", 23);
+  TempDir tmp;
+  save_int8_checkpoint(tmp.file("w4.csq"), c4.config, int4, *c4.model, {{"metric", "m"}});
+  save_int8_checkpoint(tmp.file("w8.csq"), c8.config, QuantPolicy{}, *c8.model, {{"metric", "m"}});
+  const SafetensorsFile f4 = load_safetensors(tmp.file("w4.csq")), f8 = load_safetensors(tmp.file("w8.csq"));
+  EXPECT_EQ(f4.metadata.at("format_version"), "2");
+  EXPECT_EQ(f8.metadata.at("format_version"), "1");
+  int64_t packed = 0, unpacked = 0, weights4 = 0, weights8 = 0;
+  for (const auto& [name, t] : f4.tensors)
+    if (name.size() > 14 && name.compare(name.size() - 14, 14, ".weight_packed") == 0) {
+      ++packed;
+      weights4 += t.numel();
+    }
+  for (const auto& [name, t] : f8.tensors)
+    if (name.size() > 9 && name.compare(name.size() - 9, 9, ".weight_q") == 0) {
+      ++unpacked;
+      weights8 += t.numel();
+    }
+  EXPECT_GT(packed, 0);
+  EXPECT_EQ(packed, unpacked);                // every int8 op's weight is packed
+  EXPECT_LE(weights4, weights8 / 2 + packed);  // two weights per byte (+ one padding byte per odd op)
+  EXPECT_GE(weights4, weights8 / 2);
+  // The int4 model read back runs exactly as converted, and int4 is really coarser than int8.
+  torch::NoGradGuard g;
+  const Int8Checkpoint back = load_int8_checkpoint(tmp.file("w4.csq"));
+  EXPECT_TRUE(torch::equal(back.model->forward(c4.x), c4.int8));
+  EXPECT_FALSE(torch::equal(c4.int8, c8.int8));
+  for (const auto& [name, hook] : prepared_hooks(*back.model).hooks) {
+    const auto* s = hook->int8_state();
+    if (!s || !s->packed) continue;
+    EXPECT_LE(s->packed->q.max().item<int>(), 7) << name;
+    EXPECT_GE(s->packed->q.min().item<int>(), -8) << name;
+  }
+  EXPECT_LT(int8_checkpoint_size(tmp.file("w4.csq")).int8_weight_bytes, int8_checkpoint_size(tmp.file("w8.csq")).int8_weight_bytes);
 }
 
 TEST(ConvertModel, Int8OpsAreIdenticalOnCpuAndCuda_CUDA) {
