@@ -20,6 +20,8 @@ const std::vector<Command>& commands() {
       {"sweep report", "results CSV, markdown Pareto table and SVG accuracy-vs-size plot of a sweep directory", sweep_report},
       {"sweep slurm", "--emit: write the sbatch job-array script whose tasks are workers of one sweep", sweep_slurm},
       {"predict", "run a checkpoint over an input .npy in batches (cpu or cuda)", predict},
+      {"gate", "check every registry entry's shipped model against its fp32 checkpoint and budget (exit 3 on a miss)", gate},
+      {"export", "ship a train / qat run as .safetensors / .csq with a model card, and add it to the registry", export_run},
   };
   return table;
 }

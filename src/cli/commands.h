@@ -30,6 +30,8 @@ int convert(const Args& args);
 int sweep(const Args& args);
 int sweep_report(const Args& args);
 int sweep_slurm(const Args& args);
+int gate(const Args& args);
+int export_run(const Args& args);
 
 /// The table main() dispatches on, in help order.
 const std::vector<Command>& commands();
