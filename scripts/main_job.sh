@@ -3,6 +3,7 @@
 # for wiflow_half (WiFlow layout) and pose_micro (MM-Fi layout):
 #   fp32 training (configs/train/<model>.yaml) -> static PTQ to int8 (calibration from the train split)
 #   -> QAT from the fp32 model (configs/qat/<model>.yaml) -> conversion to int8 (model.csq)
+# plus an int4-weight QAT of pose_micro (configs/qat/pose_micro_int4.yaml, packed int4 in its .csq),
 # and writes experiments/main/summary.md: fp32, PTQ and QAT (fake-quant and converted int8) under the
 # locked metric, with the fake-quant -> int8 and fp32 -> int8 gaps.
 # Re-running continues interrupted training runs (--resume) and skips finished ones.
@@ -37,6 +38,7 @@ for model in wiflow_half pose_micro; do
     --out "$OUT/${model}_ptq.csq" --json "$OUT/${model}_ptq.json" | tee "$OUT/${model}_ptq.txt"
   run qat "configs/qat/$model.yaml" "$OUT/${model}_qat"
 done
+run qat configs/qat/pose_micro_int4.yaml "$OUT/pose_micro_qat_int4"
 
 {
   echo "# csipose main job: fp32 -> PTQ / QAT -> int8"
@@ -53,6 +55,9 @@ done
     sed -e 's/^# /### /' -e 's/^## /### /' "$OUT/${model}_qat/report.md"
     echo
   done
+  echo "## pose_micro, int4 weights (QAT)"
+  echo
+  sed -e 's/^# /### /' -e 's/^## /### /' "$OUT/pose_micro_qat_int4/report.md"
 } > "$OUT/summary.md"
 cat "$OUT/summary.md"
-echo "main job done: $OUT/summary.md (runs: $OUT/wiflow_half{,_qat}, $OUT/pose_micro{,_qat})"
+echo "main job done: $OUT/summary.md (runs: $OUT/wiflow_half{,_qat}, $OUT/pose_micro{,_qat,_qat_int4})"
