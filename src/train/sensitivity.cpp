@@ -123,6 +123,13 @@ SensitivityReport layer_sensitivity(PoseModelImpl& model, PreparedModel& prepare
   std::vector<std::vector<torch::Tensor>> ref(n);
   std::vector<double> signal(n, 0.0), noise(n, 0.0);
   std::vector<size_t> calls(n, 0);
+  // The taps capture these locals: remove them however this scope ends (an error included).
+  struct ClearTaps {
+    PreparedModel& p;
+    ~ClearTaps() {
+      for (auto& [name, hook] : p.hooks) hook->output_tap = nullptr;
+    }
+  } clear_taps{prepared};
   for (size_t i = 0; i < n; ++i)
     prepared.hooks[i].second->output_tap = [&ref, i](const torch::Tensor& y) { ref[i].push_back(y.detach().clone()); };
   prepared.set_mode(QuantMode::observe);
