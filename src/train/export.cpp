@@ -25,13 +25,6 @@ namespace csipose {
 namespace fs = std::filesystem;
 namespace {
 
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 std::string pct(const Json& metrics) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * PoseMetrics::from_json(metrics).pck_at(0.2));

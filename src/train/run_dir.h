@@ -51,5 +51,7 @@ class RunDir : public FitObserver {
 
 /// "host (N cpus, CPU model)".
 std::string machine_description();
+/// The current time, UTC, ISO 8601 to the second ("2026-12-01T17:38:00Z").
+std::string utc_now();
 
 }  // namespace csipose

@@ -103,6 +103,22 @@ bool process_alive(pid_t pid) {
   return !(paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');
 }
 
+/// Starts `csipose sweep --config cfg` in the background (output to `log`) and returns its pid.
+pid_t start_sweep(const std::string& cfg, const std::string& log, const std::string& pid_file) {
+  const std::string bin = CSIPOSE_BINARY;
+  const auto r = run_command(bin + " sweep --config " + cfg + " > " + log + " 2>&1 & echo $! > " + pid_file);
+  if (r.exit_code != 0) return -1;
+  return static_cast<pid_t>(std::stol(read_text_file(pid_file)));
+}
+
+/// Waits (up to 120 s) until `path` exists or the process `pid` has ended; true when it exists.
+bool wait_for_file(const std::string& path, pid_t pid) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(path) && process_alive(pid) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return fs::exists(path);
+}
+
 Json invocations(const std::string& train_dir) {
   return Json::parse(read_text_file(train_dir + "/run.json")).at("invocations");
 }
@@ -294,14 +310,10 @@ TEST_F(SweepTest, AWorkerWhoseLockWasTakenOverStopsItsStage) {
   const std::string cfg = sweep_file(d, "dir: \"" + d.file("sw") + "\"\nset: [train.epochs=20]\n");
   const std::string sw = d.file("sw");
   const std::string id = plan_sweep(SweepConfig::load(cfg))[0].id;
-  const std::string bin = CSIPOSE_BINARY;
-  ASSERT_EQ(run_command(bin + " sweep --config " + cfg + " > " + d.file("log") + " 2>&1 & echo $! > " + d.file("pid")).exit_code, 0);
-  const pid_t pid = static_cast<pid_t>(std::stol(read_text_file(d.file("pid"))));
+  const pid_t pid = start_sweep(cfg, d.file("log"), d.file("pid"));
+  ASSERT_GT(pid, 0);
   const std::string last = sw + "/runs/" + id + "/train/checkpoints/last.safetensors";
-  const auto t0 = std::chrono::steady_clock::now();
-  while (!fs::exists(last) && process_alive(pid) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ASSERT_TRUE(fs::exists(last)) << read_text_file(d.file("log"));
+  ASSERT_TRUE(wait_for_file(last, pid)) << read_text_file(d.file("log"));
   write_text_atomic(sw + "/locks/" + id + ".lock", "otherhost 1 otherhost:1:0\n");  // the "other worker" (then silent)
   for (int i = 0; i < 6000 && process_alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const std::string log = read_text_file(d.file("log"));
@@ -354,14 +366,10 @@ TEST_F(SweepTest, KilledSweepResumesToTheUninterruptedReport) {
   ASSERT_EQ(ids.size(), 3u);
 
   // Start the sweep, wait until the second run has written its first epoch checkpoint, kill -9.
-  const std::string bin = CSIPOSE_BINARY;
-  ASSERT_EQ(run_command(bin + " sweep --config " + killed + " > " + d.file("b.log") + " 2>&1 & echo $! > " + d.file("pid")).exit_code, 0);
-  const pid_t pid = static_cast<pid_t>(std::stol(read_text_file(d.file("pid"))));
+  const pid_t pid = start_sweep(killed, d.file("b.log"), d.file("pid"));
+  ASSERT_GT(pid, 0);
   const std::string second_last = b + "/runs/" + ids[1] + "/train/checkpoints/last.safetensors";
-  const auto t0 = std::chrono::steady_clock::now();
-  while (!fs::exists(second_last) && process_alive(pid) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ASSERT_TRUE(fs::exists(second_last)) << read_text_file(d.file("b.log"));
+  ASSERT_TRUE(wait_for_file(second_last, pid)) << read_text_file(d.file("b.log"));
   ::kill(pid, SIGKILL);  // the worker; its stage process dies with it (PR_SET_PDEATHSIG)
   for (int i = 0; i < 500 && process_alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -405,14 +413,10 @@ TEST_F(SweepTest, Usr1StopsAfterTheNextCheckpointAndTheRunResumes) {
   const std::string cfg = sweep_file(d, "dir: \"" + d.file("sw") + "\"\nset: [train.epochs=20]\n");
   const std::string sw = d.file("sw");
   const std::string id = plan_sweep(SweepConfig::load(cfg))[0].id;
-  const std::string bin = CSIPOSE_BINARY;
-  ASSERT_EQ(run_command(bin + " sweep --config " + cfg + " > " + d.file("log") + " 2>&1 & echo $! > " + d.file("pid")).exit_code, 0);
-  const pid_t pid = static_cast<pid_t>(std::stol(read_text_file(d.file("pid"))));
+  const pid_t pid = start_sweep(cfg, d.file("log"), d.file("pid"));
+  ASSERT_GT(pid, 0);
   const std::string last = sw + "/runs/" + id + "/train/checkpoints/last.safetensors";
-  const auto t0 = std::chrono::steady_clock::now();
-  while (!fs::exists(last) && process_alive(pid) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ASSERT_TRUE(fs::exists(last)) << read_text_file(d.file("log"));
+  ASSERT_TRUE(wait_for_file(last, pid)) << read_text_file(d.file("log"));
   ::kill(pid, SIGUSR1);  // what Slurm's --signal=B:USR1 forwards
   for (int i = 0; i < 3000 && process_alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const std::string log = read_text_file(d.file("log"));
