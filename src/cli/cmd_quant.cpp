@@ -175,7 +175,8 @@ int ptq(const Args& args) {
       for (int64_t b = 0; b < n; ++b) {
         const Batch bt = loader.batch(b);
         model->forward(bt.x);
-        for (int64_t i = 0; i < bt.index.numel(); ++i) windows.push(bt.index[i].item<int64_t>());
+        const torch::Tensor idx = bt.index.to(torch::kCPU, torch::kLong).contiguous();  // one copy, not one sync per window
+        for (int64_t i = 0; i < idx.numel(); ++i) windows.push(idx.data_ptr<int64_t>()[i]);
       }
       prepared.freeze_observers(true);
       calib = Json::object();
