@@ -295,8 +295,26 @@ PackedWeight pack_weight(const torch::Tensor& w_float, const torch::Tensor& bias
     lo = {w2.min().item<float>()};
     hi = {w2.max().item<float>()};
   }
+  const QuantParams wp = qparams_from_range(wspec, lo, hi);
+  return pack_weight_with(w_float, bias_float, wspec, wp, input_qp);
+}
+
+PackedWeight pack_weight_with(const torch::Tensor& w_float, const torch::Tensor& bias_float, const QuantSpec& wspec,
+                              const QuantParams& weight_qp, const QuantParams& input_qp) {
+  check_float_tensor(w_float, "pack_weight");
+  CSIPOSE_CHECK(w_float.dim() >= 2 && w_float.numel() > 0, "pack_weight: weight of shape ", w_float.sizes(),
+                "; expected (out, in, ...) with at least one element");
+  check_activation_params(input_qp, "pack_weight");
+  check_finite(w_float, "pack_weight");
+  weight_qp.validate();
+  const int64_t out = w_float.size(0);
+  CSIPOSE_CHECK(weight_qp.size() == (weight_qp.per_channel() ? out : 1) && weight_qp.axis <= 0,
+                "pack_weight: weight params with ", weight_qp.size(), " scales (axis ", weight_qp.axis,
+                ") do not fit ", out, " output channels");
+  for (const int32_t z : weight_qp.zero_point)
+    CSIPOSE_CHECK(z == 0, "pack_weight: weight zero point ", z, "; the int8 ops need symmetric weights");
   PackedWeight pw;
-  pw.params = qparams_from_range(wspec, lo, hi);
+  pw.params = weight_qp;
   check_int8_range(pw.params, "pack_weight");
   pw.q = quantize_tensor(w_float, pw.params, wspec.rounding);
   pw.input_params = input_qp;

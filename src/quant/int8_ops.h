@@ -81,6 +81,11 @@ struct PackedWeight {
 PackedWeight pack_weight(const torch::Tensor& w_float, const torch::Tensor& bias_float, const QuantSpec& wspec,
                          const QuantParams& input_qp);
 
+/// pack_weight with given weight qparams (learned ones, quant/lsq.h) instead of the min / max
+/// rule: per-tensor, or per-channel along axis 0 with one scale per output channel; zero points 0.
+PackedWeight pack_weight_with(const torch::Tensor& w_float, const torch::Tensor& bias_float, const QuantSpec& wspec,
+                              const QuantParams& weight_qp, const QuantParams& input_qp);
+
 /// The bias rule of pack_weight alone: int32 (out) from float32 (out), with s_w from w_params
 /// (per-tensor or per-channel). No overflow check (pack_weight does it, knowing the weights).
 torch::Tensor quantize_bias(const torch::Tensor& bias_float, float input_scale, const QuantParams& w_params);

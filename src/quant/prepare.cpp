@@ -85,6 +85,28 @@ void PreparedModel::convert(torch::nn::Module& model) {
   }
 }
 
+void PreparedModel::enable_learned(torch::nn::Module& model, const LearnedScalesConfig& config) {
+  const auto modules = model.named_modules("", false);
+  const auto params = model.parameters();
+  const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  for (auto& [name, hook] : hooks) {
+    CSIPOSE_CHECK(modules.contains(name), "enable_learned: the model has no module ", name);
+    auto* q = dynamic_cast<Quantizable*>(modules[name].get());
+    CSIPOSE_CHECK(q != nullptr && q->hook == hook, "enable_learned: ", name, " is not the prepared op");
+    torch::NoGradGuard no_grad;
+    torch::Tensor w = q->op_weight();
+    if (w.defined()) w = hook->effective_weight_bias(w, q->op_bias()).first;
+    hook->enable_learned(config, w, device);
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> PreparedModel::learned_parameters() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& h : hooks)
+    for (auto& kv : h.second->learned_parameters()) out.emplace_back(h.first + "." + kv.first, kv.second);
+  return out;
+}
+
 void PreparedModel::set_mode(QuantMode m) {
   for (auto& h : hooks) h.second->set_mode(m);
 }

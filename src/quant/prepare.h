@@ -36,6 +36,11 @@ struct PreparedModel {
   /// Converts every op to its int8 form (QuantHook::convert) from the weights in `model`, which
   /// must be the module this PreparedModel was made from; afterwards the hooks are in int8 mode.
   void convert(torch::nn::Module& model);
+  /// Learned step sizes (quant/lsq.h) on every hook, weight scales initialized from the current
+  /// effective weights of `model` (the module this PreparedModel was made from).
+  void enable_learned(torch::nn::Module& model, const LearnedScalesConfig& config);
+  /// Every hook's learned tensors, named "<op>.<tensor>" (e.g. "tcn.0.conv1.weight.scale").
+  std::vector<std::pair<std::string, torch::Tensor>> learned_parameters() const;
   /// Every hook's observer state, by name (for QAT checkpoints and calibration files).
   Json state() const;
   /// Restores state(); the set of hooks must match exactly.

@@ -41,7 +41,29 @@ torch::Tensor QuantHook::apply(Point& p, const torch::Tensor& x) {
   CSIPOSE_CHECK(mode_ != QuantMode::int8, "QuantHook ", name_, ": a converted op has no fake-quant points");
   if (dynamic_) p.observer->reset();
   if (!frozen_ || dynamic_) p.observer->observe(x.detach());
+  if (p.learned) {
+    LearnedPoint& l = *p.learned;
+    torch::NoGradGuard no_grad;
+    if (!l.initialized) {
+      const QuantParams q = init_activation_qparams(x, *p.spec, learned_->init);
+      l.scale.fill_(q.scale[0]);
+      l.zero_point.fill_(static_cast<double>(q.zero_point[0]));
+      l.initialized = true;
+    }
+    // Keep the learned values inside their domain (as torch.ao's _LearnableFakeQuantize does).
+    l.scale.clamp_min_(static_cast<float>(kMinScale));
+    l.zero_point.clamp_(static_cast<double>(p.spec->qmin()), static_cast<double>(p.spec->qmax()));
+  }
   if (mode_ == QuantMode::observe) return x;
+  if (p.learned) {
+    const auto on = [&](const torch::Tensor& t) { return t.device() == x.device() ? t : t.to(x.device()); };
+    const double g = learned_->grad_scale
+                         ? lsq_grad_factor(x.dim() > 0 && x.size(0) > 0 ? x.numel() / x.size(0) : x.numel(),
+                                           p.spec->qmin(), p.spec->qmax())
+                         : 1.0;
+    return lsq_fake_quantize(x, on(p.learned->scale), on(p.learned->zero_point), p.spec->qmin(), p.spec->qmax(), -1,
+                             g, p.spec->rounding);
+  }
   return fake_quantize(x, p.observer->qparams(), p.spec->rounding);
 }
 
@@ -58,6 +80,13 @@ torch::Tensor QuantHook::output(const torch::Tensor& y) {
 
 QuantParams QuantHook::weight_qparams(const torch::Tensor& w) const {
   CSIPOSE_CHECK(weight_spec_.has_value(), "QuantHook ", name_, ": weights are float in the policy");
+  if (weight_scale_.defined()) {
+    const bool pc = weight_spec_->granularity == Granularity::per_channel;
+    CSIPOSE_CHECK(!pc || w.size(weight_spec_->axis) == weight_scale_.numel(), "QuantHook ", name_, ": weight of shape ",
+                  w.sizes(), " does not fit ", weight_scale_.numel(), " learned scales");
+    return learned_qparams(weight_scale_, torch::Tensor(), weight_spec_->qmin(), weight_spec_->qmax(),
+                           pc ? weight_spec_->axis : -1);
+  }
   const auto wd = w.detach();
   std::vector<float> lo, hi;
   if (weight_spec_->granularity == Granularity::per_channel) {
@@ -81,14 +110,33 @@ torch::Tensor QuantHook::weight(const torch::Tensor& w, QuantParams* used) const
   if (mode_ != QuantMode::fake_quant || !weight_spec_) return w;
   const QuantParams p = weight_qparams(w);
   if (used != nullptr) *used = p;
+  if (weight_scale_.defined()) {
+    {
+      torch::NoGradGuard no_grad;
+      weight_scale_.clamp_min_(static_cast<float>(kMinScale));
+    }
+    const bool pc = weight_spec_->granularity == Granularity::per_channel;
+    const int64_t shared = pc ? w.numel() / std::max<int64_t>(1, w.size(weight_spec_->axis)) : w.numel();
+    const double g = learned_->grad_scale ? lsq_grad_factor(shared, weight_spec_->qmin(), weight_spec_->qmax()) : 1.0;
+    const torch::Tensor s = weight_scale_.device() == w.device() ? weight_scale_ : weight_scale_.to(w.device());
+    return lsq_fake_quantize(w, s, torch::Tensor(), weight_spec_->qmin(), weight_spec_->qmax(),
+                             pc ? weight_spec_->axis : -1, g, weight_spec_->rounding);
+  }
   return fake_quantize(w, p, weight_spec_->rounding);
 }
 
 torch::Tensor QuantHook::bias(const torch::Tensor& b, const std::optional<QuantParams>& w_params) const {
   if (!b.defined() || mode_ != QuantMode::fake_quant || !w_params || !quantizes_activations()) return b;
-  const float s_in = points_[0].observer->qparams().scale[0];
+  const float s_in = input_scale();
   const torch::Tensor bq = dequantize_bias(quantize_bias(b.detach(), s_in, *w_params), s_in, *w_params);
   return b + (bq - b).detach();
+}
+
+float QuantHook::input_scale() const {
+  const Point& p = points_[0];
+  if (p.learned && p.learned->initialized)
+    return learned_qparams(p.learned->scale, p.learned->zero_point, p.spec->qmin(), p.spec->qmax(), -1).scale[0];
+  return p.observer->qparams().scale[0];
 }
 
 Rounding QuantHook::activation_rounding() const {
@@ -126,7 +174,8 @@ void QuantHook::convert(const torch::Tensor& w_eff, const torch::Tensor& b_eff) 
     const torch::Tensor w = w_eff.detach().contiguous();
     const torch::Tensor b = b_eff.defined() ? b_eff.detach().contiguous() : b_eff;
     if (weight_spec_ && quantizes_activations()) {
-      s.packed = pack_weight(w, b, *weight_spec_, s.inputs.at(0));
+      s.packed = weight_scale_.defined() ? pack_weight_with(w, b, *weight_spec_, weight_qparams(w), s.inputs.at(0))
+                                         : pack_weight(w, b, *weight_spec_, s.inputs.at(0));
     } else {
       s.weight = weight_spec_ ? fake_quantize(w, weight_qparams(w), weight_spec_->rounding) : w.clone();
       s.bias = b.defined() ? b.clone() : b;
@@ -154,9 +203,65 @@ void QuantHook::set_int8(Int8State state) {
 
 QuantParams QuantHook::qparams_of(const Point& p, const std::string& which) const {
   CSIPOSE_CHECK(p.spec.has_value(), "QuantHook ", name_, ": the ", which, " is float in the policy");
+  if (p.learned) {
+    CSIPOSE_CHECK(p.learned->initialized, "QuantHook ", name_, ": the learned ", which,
+                  " has seen no batch yet (train first)");
+    return learned_qparams(p.learned->scale, p.learned->zero_point, p.spec->qmin(), p.spec->qmax(), -1);
+  }
   CSIPOSE_CHECK(p.observer->batches() > 0, "QuantHook ", name_, ": the ", which,
                 " has observed nothing yet (calibrate or train first)");
   return p.observer->qparams();
+}
+
+namespace {
+std::string point_name(size_t i, size_t n) { return i + 1 == n ? "output" : "input" + std::to_string(i); }
+Json floats_json(const torch::Tensor& t) {
+  const torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+  Json a = Json::array();
+  for (int64_t i = 0; i < c.numel(); ++i) a.push(static_cast<double>(c.data_ptr<float>()[i]));
+  return a;
+}
+void load_floats(torch::Tensor& t, const Json& a, const std::string& what) {
+  CSIPOSE_CHECK(a.is_array() && static_cast<int64_t>(a.size()) == t.numel(), what, ": ", a.size(),
+                " values, expected ", t.numel());
+  std::vector<float> v;
+  for (size_t i = 0; i < a.size(); ++i) v.push_back(static_cast<float>(a.at(i).as_double()));
+  torch::NoGradGuard no_grad;
+  t.copy_(torch::tensor(v, torch::kFloat).reshape(t.sizes()));
+}
+}  // namespace
+
+void QuantHook::enable_learned(const LearnedScalesConfig& c, const torch::Tensor& w_eff, const torch::Device& device) {
+  CSIPOSE_CHECK(!learned_, "QuantHook ", name_, ": learned scales are already enabled");
+  CSIPOSE_CHECK(!dynamic_ && mode_ != QuantMode::int8, "QuantHook ", name_,
+                ": learned scales are for QAT (not dynamic or converted ops)");
+  learned_ = c;
+  if (c.weights && weight_spec_ && w_eff.defined()) {
+    weight_scale_ = init_weight_scales(w_eff, *weight_spec_, c.init).to(device).set_requires_grad(true);
+  }
+  if (c.activations == LearnedActivations::none) return;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  for (auto& p : points_) {
+    if (!p.spec) continue;
+    LearnedPoint l;
+    l.scale = torch::ones({1}, f32).set_requires_grad(true);
+    l.zero_point = torch::full({1}, static_cast<double>(qparams_from_range(*p.spec, {0.0f}, {1.0f}).zero_point[0]), f32);
+    // LSQ+ learns the offset of affine points; a symmetric point's zero point is fixed by its spec.
+    if (c.activations == LearnedActivations::lsq_plus && !p.spec->symmetric) l.zero_point.set_requires_grad(true);
+    p.learned = std::move(l);
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> QuantHook::learned_parameters() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  if (weight_scale_.defined()) out.emplace_back("weight.scale", weight_scale_);
+  for (size_t i = 0; i < points_.size(); ++i) {
+    if (!points_[i].learned) continue;
+    const std::string n = point_name(i, points_.size());
+    out.emplace_back(n + ".scale", points_[i].learned->scale);
+    if (points_[i].learned->zero_point.requires_grad()) out.emplace_back(n + ".zero_point", points_[i].learned->zero_point);
+  }
+  return out;
 }
 
 QuantParams QuantHook::input_qparams(int i) const {
@@ -170,6 +275,22 @@ Json QuantHook::state() const {
   Json j = Json::object(), pts = Json::array();
   for (const auto& p : points_) pts.push(p.observer ? p.observer->state() : Json());
   j.set("name", name_).set("frozen", frozen_).set("points", pts);
+  if (learned_) {
+    Json l = Json::object(), lp = Json::array();
+    l.set("weight_scale", weight_scale_.defined() ? floats_json(weight_scale_) : Json());
+    for (const auto& p : points_) {
+      if (!p.learned) {
+        lp.push(Json());
+        continue;
+      }
+      lp.push(Json::object()
+                  .set("scale", floats_json(p.learned->scale))
+                  .set("zero_point", floats_json(p.learned->zero_point))
+                  .set("initialized", p.learned->initialized));
+    }
+    l.set("points", lp);
+    j.set("learned", l);
+  }
   return j;
 }
 
@@ -184,6 +305,25 @@ void QuantHook::load_state(const Json& j) {
     if (points_[i].observer) points_[i].observer->load_state(pts.at(i));
   }
   frozen_ = j.at("frozen").as_bool();
+  CSIPOSE_CHECK(j.contains("learned") == learned_.has_value(), "quant state of ", name_, ": ",
+                j.contains("learned") ? "has learned scales but the config learns none"
+                                      : "has no learned scales but the config learns them (qat.learned_scales)");
+  if (!learned_) return;
+  const Json& l = j.at("learned");
+  CSIPOSE_CHECK(l.at("weight_scale").is_null() != weight_scale_.defined(), "quant state of ", name_,
+                ": learned weight scales disagree with the config");
+  if (weight_scale_.defined()) load_floats(weight_scale_, l.at("weight_scale"), "quant state of " + name_ + " weight scales");
+  const Json& lp = l.at("points");
+  CSIPOSE_CHECK(lp.size() == points_.size(), "quant state of ", name_, ": learned points disagree with the policy");
+  for (size_t i = 0; i < points_.size(); ++i) {
+    CSIPOSE_CHECK(lp.at(i).is_null() != points_[i].learned.has_value(), "quant state of ", name_, ": learned point ", i,
+                  " disagrees with the config");
+    if (!points_[i].learned) continue;
+    LearnedPoint& lpt = *points_[i].learned;
+    load_floats(lpt.scale, lp.at(i).at("scale"), "quant state of " + name_ + " scale");
+    load_floats(lpt.zero_point, lp.at(i).at("zero_point"), "quant state of " + name_ + " zero point");
+    lpt.initialized = lp.at(i).at("initialized").as_bool();
+  }
 }
 
 // ---- modules ------------------------------------------------------------------------------------

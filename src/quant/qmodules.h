@@ -24,6 +24,7 @@
 
 #include "common/json.h"
 #include "quant/int8_ops.h"
+#include "quant/lsq.h"
 #include "quant/observers.h"
 #include "quant/quant_spec.h"
 
@@ -138,15 +139,35 @@ class QuantHook {
   QuantParams output_qparams() const;
   QuantParams weight_qparams(const torch::Tensor& w) const;
 
-  /// Observer states of the activation points (for QAT checkpoints and calibration files).
+  // ---- learned step sizes (quant/lsq.h) -------------------------------------------------------
+  /// Makes this op's quantized points learned (LSQ / LSQ+): the weight scales (when c.weights and
+  /// the weights are quantized) are initialized now from `w_eff`, the op's effective weight;
+  /// activation points (when c.activations is not none) on the first batch they see. New tensors
+  /// live on `device`. Learned points take their qparams from these tensors (fake-quant, convert,
+  /// bias), not from their observers. Call before the optimizer is made (learned_parameters).
+  void enable_learned(const LearnedScalesConfig& c, const torch::Tensor& w_eff, const torch::Device& device);
+  bool learned() const { return learned_.has_value(); }
+  /// The trainable tensors, named "weight.scale", "input0.scale", "output.zero_point", ...
+  std::vector<std::pair<std::string, torch::Tensor>> learned_parameters() const;
+
+  /// Observer states of the activation points (and the learned values, when learned), for QAT
+  /// checkpoints and calibration files.
   Json state() const;
   void load_state(const Json& state);
 
  private:
+  /// A learned activation point: scale (1) and zero point (1), float32; the zero point is trained
+  /// only by LSQ+ on an affine spec.
+  struct LearnedPoint {
+    torch::Tensor scale, zero_point;
+    bool initialized = false;
+  };
   struct Point {
     std::optional<QuantSpec> spec;
     std::unique_ptr<Observer> observer;
+    std::optional<LearnedPoint> learned;
   };
+  float input_scale() const;
   torch::Tensor apply(Point& p, const torch::Tensor& x);
   QuantParams qparams_of(const Point& p, const std::string& which) const;
 
@@ -159,6 +180,8 @@ class QuantHook {
   FoldableBn* bn_ = nullptr;
   bool bn_frozen_ = false;
   std::optional<Int8State> int8_;
+  std::optional<LearnedScalesConfig> learned_;
+  torch::Tensor weight_scale_;  ///< learned weight scales (C) or (1); undefined when not learned
 };
 
 /// Implemented by every Q-module so `prepare` finds them among a model's named modules.

@@ -41,11 +41,12 @@ void Optimizer::step(double lr) {
         m_[i] = torch::zeros_like(p, torch::MemoryFormat::Preserve);
         v_[i] = torch::zeros_like(p, torch::MemoryFormat::Preserve);
       }
-      if (params_[i].decay && wd != 0.0) p.mul_(1.0 - lr * wd);
+      const double lr_i = lr * params_[i].lr_scale;
+      if (params_[i].decay && wd != 0.0) p.mul_(1.0 - lr_i * wd);
       m_[i].mul_(b1).add_(g, 1.0 - b1);
       v_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
       const auto denom = (v_[i].sqrt() / bias2_sqrt).add_(config_.eps);
-      p.addcdiv_(m_[i], denom, -lr / bias1);
+      p.addcdiv_(m_[i], denom, -lr_i / bias1);
     }
   } else {
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -58,7 +59,7 @@ void Optimizer::step(double lr) {
         else m_[i].mul_(b1).add_(g);
         g = m_[i];
       }
-      p.add_(g, -lr);
+      p.add_(g, -lr * params_[i].lr_scale);
     }
   }
 }

@@ -27,6 +27,7 @@ struct NamedParam {
   std::string name;
   torch::Tensor param;
   bool decay = true;  ///< weight decay applies
+  double lr_scale = 1.0;  ///< this parameter's learning rate is lr * lr_scale (learned step sizes)
 };
 
 /// The trainable parameters of a module in registration order. With decay_norm_and_bias false,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "models/registry.h"
+#include "quant/learned_scales.h"
 #include "quant/policy.h"
 
 namespace csipose {
@@ -149,6 +150,8 @@ struct QatConfig {
   QuantPolicy policy;
   int64_t bn_update_epochs = 2;
   int64_t observer_update_epochs = 3;
+  /// LSQ / LSQ+ learned step sizes (quant/lsq.h); off by default (observer-driven qparams).
+  LearnedScalesConfig learned_scales;
   static QatConfig from_yaml(const ConfigNode& node);
   std::string to_yaml() const;
 };

@@ -145,6 +145,16 @@ Trainer::Trainer(ExperimentConfig config, const PoseDataset& data, c10::Device d
       prepared_eval_ = prepare(*eval_model_, config_.qat.policy, eval_model_->bn_fold_pairs());
       prepared_eval_->set_mode(QuantMode::fake_quant);
     }
+    const LearnedScalesConfig& lsq = config_.qat.learned_scales;
+    if (lsq.enabled()) {
+      // LSQ / LSQ+: step sizes initialized from the warm-start weights (activations on the first
+      // batch), trained with the weights at lr * lsq.lr_scale and without weight decay.
+      prepared_->enable_learned(*model_, lsq);
+      if (prepared_eval_) prepared_eval_->enable_learned(*eval_model_, lsq);
+      for (auto& [name, t] : prepared_->learned_parameters())
+        params_.push_back(NamedParam{"lsq." + name, t, /*decay=*/false, lsq.lr_scale});
+      optimizer_ = std::make_unique<Optimizer>(config_.train.optimizer, params_);
+    }
   }
 }
 
@@ -392,6 +402,11 @@ std::shared_ptr<PoseModelImpl> load_eval_model(const std::string& path, ModelCon
     CSIPOSE_CHECK(exp.qat.enabled, path, ": quant_state without a qat config");
     PreparedModel p = prepare(*ck.model, exp.qat.policy, ck.model->bn_fold_pairs());
     p.set_mode(QuantMode::fake_quant);
+    if (exp.qat.learned_scales.enabled()) {
+      LearnedScalesConfig lsq = exp.qat.learned_scales;
+      lsq.init = LsqInit::minmax;  // the values come from the checkpoint below; skip the search
+      p.enable_learned(*ck.model, lsq);
+    }
     try {
       p.load_state(Json::parse(ck.metadata.at("quant_state")));
     } catch (const Error& e) {

@@ -447,6 +447,72 @@ TEST_F(TrainerTest, QatResumesBitExactlyAndReportsFp32FakeQuantAndInt8) {
   EXPECT_FALSE(fs::exists(tmp.file("x.csq")));
 }
 
+TEST_F(TrainerTest, QatWithLearnedScalesResumesBitExactlyAndConvertsExactly) {
+  TempDir tmp;
+  testing::write_file(tmp.file("fp32.yaml"), config_yaml());
+  const std::string fp32 = tmp.file("fp32");
+  auto r = run_csipose({"train", "--config", tmp.file("fp32.yaml"), "--run-dir", fp32, "--set", "train.epochs=2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // LSQ weights (int4, where learned scales matter most) and LSQ+ activations, with EMA.
+  testing::write_file(tmp.file("qat.yaml"),
+                      config_yaml("  ema: {decay: 0.9}\n  optimizer: {lr: 1.0e-3}\n  init_output: none\n") +
+                          "qat:\n  init_from: \"" + fp32 + "/checkpoints/best.safetensors\"\n"
+                          "  bn_update_epochs: 1\n  observer_update_epochs: 2\n"
+                          "  learned_scales: {weights: true, activations: lsq_plus, lr_scale: 0.1}\n"
+                          "  policy:\n    defaults:\n      weights: {bits: 4}\n");
+  const std::string a = tmp.file("qat_straight"), b = tmp.file("qat_split");
+  r = run_csipose({"qat", "--config", tmp.file("qat.yaml"), "--run-dir", a});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_csipose({"qat", "--config", tmp.file("qat.yaml"), "--run-dir", b, "--stop-after", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_csipose({"qat", "--resume", b});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // Bit-exact resume, including the learned values and their AdamW moments.
+  const auto ta = tensors_of(a + "/checkpoints/last.safetensors"), tb = tensors_of(b + "/checkpoints/last.safetensors");
+  ASSERT_EQ(ta.size(), tb.size());
+  int lsq_slots = 0;
+  for (const auto& kv : ta) {
+    EXPECT_TRUE(torch::equal(kv.second, tb.at(kv.first))) << kv.first;
+    lsq_slots += kv.first.rfind("optim.lsq.", 0) == 0 ? 1 : 0;
+  }
+  EXPECT_GT(lsq_slots, 10);
+  const auto ma = load_safetensors(a + "/checkpoints/last.safetensors").metadata;
+  const auto mb = load_safetensors(b + "/checkpoints/last.safetensors").metadata;
+  EXPECT_EQ(ma.at("quant_state"), mb.at("quant_state"));
+  const Json qs = Json::parse(ma.at("quant_state"));
+  int learned_ops = 0;
+  for (const auto& kv : qs.items()) learned_ops += kv.second.contains("learned") ? 1 : 0;
+  EXPECT_EQ(learned_ops, static_cast<int>(qs.size()));
+
+  // The learned qparams are what convert packs: the int8 model follows the fake-quant one, and
+  // eval / convert of the checkpoint reproduce the report (load_eval_model restores the values).
+  const Json q = Json::parse(read_text_file(a + "/report.json")).at("quantization");
+  EXPECT_LE(std::abs(q.at("gaps").at("full").at("fake_quant_minus_int8_pck@20_points").as_double()), 1.0);
+  r = run_csipose({"eval", "--checkpoint", a + "/checkpoints/best.safetensors", "--json", tmp.file("efq.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Json::parse(read_text_file(tmp.file("efq.json"))).at("result").at("clean").dump(),
+            q.at("fake_quant").at("clean").dump());
+  r = run_csipose({"convert", "--checkpoint", a + "/checkpoints/best.safetensors", "--out", tmp.file("c.csq"), "--json",
+                   tmp.file("c.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Json::parse(read_text_file(tmp.file("c.json"))).at("int8").at("clean").dump(), q.at("int8").at("clean").dump());
+
+  // Config errors name the key.
+  testing::write_file(tmp.file("bad1.yaml"), config_yaml() + "qat:\n  learned_scales: {activations: lsqplus}\n");
+  r = run_csipose({"qat", "--config", tmp.file("bad1.yaml"), "--run-dir", tmp.file("x1")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("qat.learned_scales.activations"), std::string::npos) << r.output;
+  testing::write_file(tmp.file("bad2.yaml"), config_yaml() + "qat:\n  learned_scales: {weights: false}\n");
+  r = run_csipose({"qat", "--config", tmp.file("bad2.yaml"), "--run-dir", tmp.file("x2")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("learns nothing"), std::string::npos) << r.output;
+  testing::write_file(tmp.file("bad3.yaml"), config_yaml() + "qat:\n  learned_scales: {weights: true, lr_scal: 1}\n");
+  r = run_csipose({"qat", "--config", tmp.file("bad3.yaml"), "--run-dir", tmp.file("x3")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("qat.learned_scales.lr_scal"), std::string::npos) << r.output;
+}
+
 TEST_F(TrainerTest, PtqStaticConvertsToInt8) {
   TempDir tmp;
   testing::write_file(tmp.file("e.yaml"), config_yaml());
