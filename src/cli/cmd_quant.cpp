@@ -162,25 +162,9 @@ int ptq(const Args& args) {
   auto quantize_with = [&](const QuantPolicy& p) {
     PreparedModel prepared = prepare(*model, p, model->bn_fold_pairs());
     if (mode == "static") {
-      LoaderOptions o;
-      o.batch_size = batch;
-      o.seed = static_cast<uint64_t>(seed);
-      o.device = dev;
-      BatchLoader loader(data.x, data.y, data.indices(Split::train, Subset::clean), o);
-      loader.set_epoch(0);
-      const int64_t n = std::min(calibration, loader.num_batches());
-      prepared.set_mode(QuantMode::observe);
-      torch::NoGradGuard no_grad;
-      Json windows = Json::array();
-      for (int64_t b = 0; b < n; ++b) {
-        const Batch bt = loader.batch(b);
-        model->forward(bt.x);
-        const torch::Tensor idx = bt.index.to(torch::kCPU, torch::kLong).contiguous();  // one copy, not one sync per window
-        for (int64_t i = 0; i < idx.numel(); ++i) windows.push(idx.data_ptr<int64_t>()[i]);
-      }
-      prepared.freeze_observers(true);
+      const auto windows = calibrate_static(*model, prepared, data, calibration, batch, static_cast<uint64_t>(seed), dev);
       calib = Json::object();
-      calib.set("batches", n).set("windows", windows);
+      calib.set("batches", (static_cast<int64_t>(windows.size()) + batch - 1) / batch).set("windows", Json(windows));
     } else {
       prepared.set_dynamic(true);
     }
@@ -193,14 +177,7 @@ int ptq(const Args& args) {
   std::optional<AutoBudgetResult> search;
   if (sensitivity) {
     const EvalSet sens_set(data, split_for_sensitivity, dev, 256);
-    LoaderOptions o;
-    o.batch_size = 64;
-    o.device = dev;
-    o.shuffle = false;
-    BatchLoader probe(data.x, data.y, data.indices(split_for_sensitivity, Subset::clean), o);
-    CSIPOSE_CHECK(probe.num_batches() > 0, "ptq: the ", to_string(split_for_sensitivity),
-                  " split has no clean windows for the sensitivity probe");
-    sens = layer_sensitivity(*model, prepared, sens_set, loss, probe.batch(0).x, metric);
+    sens = layer_sensitivity(*model, prepared, sens_set, loss, sensitivity_probe(data, metric, dev), metric);
     if (auto_search) {
       search = auto_budget(*model, prepared, sens_set, loss, *sens, budget);
       if (!search->fp32_layers.empty()) {

@@ -2,9 +2,12 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
+#include <utility>
 
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -15,7 +18,11 @@
 #include "data/loader.h"
 #include "models/checkpoint.h"
 #include "train/optim.h"
+#include "quant/prepare.h"
+#include "train/evaluate.h"
+#include "train/loss.h"
 #include "train/run_dir.h"
+#include "train/sensitivity.h"
 #include "train/trainer.h"
 
 namespace csipose::cli {
@@ -55,6 +62,30 @@ void print_metrics_table(const std::vector<const PoseMetrics*>& rows) {
   }
 }
 
+/// qat --auto-budget: PTQ-calibrates the fp32 warm start with the QAT policy (histogram observers),
+/// ranks its ops by sensitivity on `metric` (validation split) and moves the most sensitive ones to
+/// fp32 until the calibrated model is within `budget` of fp32 there; returns the search (the QAT
+/// run then starts from with_fp32_layers(policy, result.fp32_layers)).
+std::pair<SensitivityReport, AutoBudgetResult> search_qat_policy(const ExperimentConfig& cfg, const PoseDataset& data,
+                                                                 c10::Device dev, double budget,
+                                                                 const MonitorSpec& metric, int64_t calibration) {
+  CSIPOSE_CHECK(!cfg.qat.init_from.empty(), "qat: --auto-budget needs an fp32 warm start (qat.init_from or --init-from)");
+  check_monitor(metric, data.spec, "qat --metric");
+  auto model = load_eval_model(cfg.qat.init_from);
+  model->to(dev);
+  model->eval();
+  QuantPolicy policy = cfg.qat.policy;
+  policy.activation_observer = ObserverConfig{};
+  policy.activation_observer.type = ObserverType::histogram;
+  PreparedModel prepared = prepare(*model, policy, model->bn_fold_pairs());
+  calibrate_static(*model, prepared, data, calibration, 64, cfg.seed, dev);
+  const PoseLoss loss(skeleton_bones(data.spec.skeleton), data.num_joints());
+  const EvalSet set(data, parse_split(metric.metric.substr(0, metric.metric.find('/'))), dev, 256);
+  SensitivityReport sens = layer_sensitivity(*model, prepared, set, loss, sensitivity_probe(data, metric, dev), metric);
+  AutoBudgetResult search = auto_budget(*model, prepared, set, loss, sens, budget);
+  return {std::move(sens), std::move(search)};
+}
+
 }  // namespace
 
 namespace {
@@ -64,7 +95,9 @@ int train_or_qat(const Args& args, bool qat) {
   po::options_description desc("options");
   std::string config, run_dir, resume, device, init_from;
   std::vector<std::string> sets;
-  int64_t stop_after = 0;
+  int64_t stop_after = 0, calibration = 32;
+  double budget = -1;
+  std::string budget_metric;
   desc.add_options()
       ("config", po::value(&config), "experiment config (configs/train/*.yaml)")
       ("set", po::value(&sets)->composing(), "override a config key: --set train.epochs=5 (repeatable)")
@@ -76,6 +109,14 @@ int train_or_qat(const Args& args, bool qat) {
            : "start from these weights (checkpoint or weight file): a new run, not a resume")
       ("stop-after", po::value(&stop_after)->default_value(0),
        "stop after this many epochs in this invocation (0 = run to the end); continue later with --resume");
+  if (qat)
+    desc.add_options()
+        ("auto-budget", po::value(&budget),
+         "before a new run: move the warm start's most sensitive ops to fp32 until its PTQ-calibrated model is within "
+         "this many points of fp32 on --metric; QAT then trains that policy (the run's config.yaml holds it)")
+        ("metric", po::value(&budget_metric)->default_value("val/clean/pck@20"),
+         "split/subset/measure of the --auto-budget search (validation split)")
+        ("calibration", po::value(&calibration)->default_value(32), "--auto-budget: calibration batches of train/clean");
   po::variables_map vm;
   if (!parse_options(cmd, "--config FILE [--set k=v ...] [--run-dir D] | --resume D", desc, args, vm)) return 0;
   CSIPOSE_CHECK(config.empty() != resume.empty(), cmd, ": give either --config (a new run) or --resume DIR");
@@ -94,8 +135,28 @@ int train_or_qat(const Args& args, bool qat) {
   const c10::Device dev = parse_device(device.empty() ? cfg.device : device);
   const std::string dir = !resume.empty() ? resume : !run_dir.empty() ? run_dir : "experiments/" + cfg.name;
   const PoseDataset data = open_run_dataset(cfg.data);
+  std::optional<std::pair<SensitivityReport, AutoBudgetResult>> search;
+  if (vm.count("auto-budget")) {
+    CSIPOSE_CHECK(resume.empty(), cmd, ": --auto-budget chooses the policy of a new run; a resumed run keeps its own");
+    CSIPOSE_CHECK(std::isfinite(budget) && budget >= 0, cmd, ": --auto-budget must be >= 0 points, got ", budget);
+    CSIPOSE_CHECK(calibration > 0, cmd, ": --calibration must be > 0");
+    const MonitorSpec metric = MonitorSpec::parse(budget_metric, "qat --metric");
+    search = search_qat_policy(cfg, data, dev, budget, metric, calibration);
+    cfg.qat.policy = with_fp32_layers(cfg.qat.policy, search->second.fp32_layers);
+    std::printf("%s\n%s\n", search->first.table().c_str(), search->second.table().c_str());
+  }
   Trainer trainer(cfg, data, dev);
   RunDir rd = resume.empty() ? RunDir::create(dir, cfg, dev) : RunDir::open(dir);
+  if (search) {
+    Json j = Json::object();
+    j.set("sensitivity", search->first.to_json()).set("search", search->second.to_json());
+    j.set("calibration_batches", calibration).set("observer", "histogram");
+    write_text_atomic(rd.dir() + "/auto_budget.json", j.dump(2) + "\n");
+    write_text_atomic(rd.dir() + "/auto_budget.md",
+                      "Warm start " + cfg.qat.init_from + ", PTQ-calibrated (" + std::to_string(calibration) +
+                          " batches of train/clean, histogram observers) with the QAT policy:\n\n" +
+                          search->first.table() + "\n" + search->second.table());
+  }
   if (!resume.empty()) {
     if (rd.has_last()) trainer.load(rd.last_checkpoint());
     rd.truncate_metrics(trainer.state().epoch);

@@ -17,9 +17,10 @@
 #include "common/progress.h"
 #include "models/checkpoint.h"
 #include "models/int8_checkpoint.h"
-#include "quant/prepare.h"
 #include "models/pose_model.h"
+#include "quant/prepare.h"
 #include "models/safetensors.h"
+#include "train/sensitivity.h"
 
 namespace csipose {
 namespace fs = std::filesystem;
@@ -167,7 +168,28 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
   const EvalMetrics val_m = val.evaluate(*best.model, trainer.loss(), {"identity"});
   std::optional<Json> quant;
   std::string quant_md;
-  if (cfg.qat.enabled) quant = quant_report(trainer, data, *best.model, test, test_m, quant_md);
+  if (cfg.qat.enabled) {
+    // Per-layer sensitivity of the trained fake-quant model on the validation split (before
+    // quant_report converts its ops to int8).
+    std::optional<SensitivityReport> sens;
+    if (cfg.qat.sensitivity) {
+      const MonitorSpec& metric = cfg.train.best;  // a validation metric (MonitorSpec::parse)
+      PreparedModel p = prepared_hooks(*best.model);
+      sens = layer_sensitivity(*best.model, p, val, trainer.loss(), sensitivity_probe(data, metric, trainer.device()),
+                               metric);
+    }
+    quant = quant_report(trainer, data, *best.model, test, test_m, quant_md);
+    if (sens) {
+      quant->set("sensitivity", sens->to_json());
+      quant_md += "\n## Per-layer sensitivity of the QAT model\n\n" + sens->table();
+    }
+    const fs::path search = fs::path(dir_) / "auto_budget.json";
+    if (fs::exists(search)) {
+      quant->set("auto_budget", Json::parse(read_text_file(search.string())));
+      quant_md += "\n## Accuracy-budget search before QAT (csipose qat --auto-budget)\n\n" +
+                  read_text_file((fs::path(dir_) / "auto_budget.md").string());
+    }
+  }
   const auto& st = trainer.state();
 
   Json r = Json::object();

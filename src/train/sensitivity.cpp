@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "data/dataset.h"
+#include "data/loader.h"
 #include "models/pose_model.h"
 #include "quant/prepare.h"
 #include "train/evaluate.h"
@@ -235,6 +237,44 @@ QuantPolicy with_fp32_layers(const QuantPolicy& policy, const std::vector<std::s
   out.rules = std::move(rules);
   out.validate();
   return out;
+}
+
+std::vector<int64_t> calibrate_static(PoseModelImpl& model, PreparedModel& prepared, const PoseDataset& data,
+                                      int64_t batches, int64_t batch_size, uint64_t seed, const c10::Device& device) {
+  CSIPOSE_CHECK(batches > 0 && batch_size > 0, "calibration: batches and batch size must be > 0");
+  LoaderOptions o;
+  o.batch_size = batch_size;
+  o.seed = seed;
+  o.device = device;
+  BatchLoader loader(data.x, data.y, data.indices(Split::train, Subset::clean), o);
+  loader.set_epoch(0);
+  const int64_t n = std::min(batches, loader.num_batches());
+  CSIPOSE_CHECK(n > 0, "calibration: the train split has no clean windows");
+  model.eval();
+  prepared.freeze_observers(false);
+  prepared.set_mode(QuantMode::observe);
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> windows;
+  for (int64_t b = 0; b < n; ++b) {
+    const Batch bt = loader.batch(b);
+    model.forward(bt.x);
+    const torch::Tensor idx = bt.index.to(torch::kCPU, torch::kLong).contiguous();  // one copy, not one sync per window
+    windows.insert(windows.end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+  }
+  prepared.freeze_observers(true);
+  prepared.set_mode(QuantMode::fake_quant);
+  return windows;
+}
+
+torch::Tensor sensitivity_probe(const PoseDataset& data, const MonitorSpec& metric, const c10::Device& device) {
+  const Split split = parse_split(split_of(metric));
+  LoaderOptions o;
+  o.batch_size = 64;
+  o.device = device;
+  o.shuffle = false;
+  BatchLoader probe(data.x, data.y, data.indices(split, Subset::clean), o);
+  CSIPOSE_CHECK(probe.num_batches() > 0, "sensitivity: the ", to_string(split), " split has no clean windows for the probe");
+  return probe.batch(0).x;
 }
 
 }  // namespace csipose

@@ -21,8 +21,13 @@
 #include "quant/policy.h"
 #include "train/train_config.h"
 
+namespace c10 {
+struct Device;
+}
+
 namespace csipose {
 class EvalSet;
+struct PoseDataset;
 class PoseLoss;
 class PoseModelImpl;
 struct EvalMetrics;
@@ -82,6 +87,16 @@ struct AutoBudgetResult {
 /// choice meets ends with every op in fp32 and met = false.
 AutoBudgetResult auto_budget(PoseModelImpl& model, PreparedModel& prepared, const EvalSet& set, const PoseLoss& loss,
                              const SensitivityReport& sensitivity, double budget);
+
+/// Static calibration (PTQ): the first min(batches, available) batches of train/clean, in the
+/// loader order of `seed`, run through `model` with every hook observing; the observers are then
+/// frozen and the hooks left in fake_quant mode. Returns the calibration windows' dataset indices.
+std::vector<int64_t> calibrate_static(PoseModelImpl& model, PreparedModel& prepared, const PoseDataset& data,
+                                      int64_t batches, int64_t batch_size, uint64_t seed, const c10::Device& device);
+
+/// The SQNR probe batch of layer_sensitivity: the first (up to) 64 clean windows of the metric's
+/// split, in dataset order. Throws when that split has no clean window.
+torch::Tensor sensitivity_probe(const PoseDataset& data, const MonitorSpec& metric, const c10::Device& device);
 
 /// `policy` with one leading fp32 rule (weights and activations) per named op; names must be plain
 /// module paths (no glob characters).

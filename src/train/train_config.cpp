@@ -275,6 +275,7 @@ QatConfig QatConfig::from_yaml(const ConfigNode& n) {
   }
   c.bn_update_epochs = n.get_int("bn_update_epochs", c.bn_update_epochs, 0);
   c.observer_update_epochs = n.get_int("observer_update_epochs", c.observer_update_epochs, 1);
+  c.sensitivity = n.get<bool>("sensitivity", c.sensitivity);
   if (n.has("learned_scales")) {
     const ConfigNode l = n.child("learned_scales");
     c.learned_scales = LearnedScalesConfig::from_yaml(l);
@@ -287,6 +288,7 @@ QatConfig QatConfig::from_yaml(const ConfigNode& n) {
 std::string QatConfig::to_yaml() const {
   return "init_from: " + str(init_from) + "\nbn_update_epochs: " + std::to_string(bn_update_epochs) +
          "\nobserver_update_epochs: " + std::to_string(observer_update_epochs) +
+         (sensitivity ? "" : "\nsensitivity: false") +
          (learned_scales.enabled() ? "\nlearned_scales:\n" + indent_yaml(learned_scales.to_yaml(), 2) : std::string("\n")) +
          "policy:\n" + indent_yaml(policy.to_yaml(), 2);
 }

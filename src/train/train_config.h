@@ -152,6 +152,9 @@ struct QatConfig {
   int64_t observer_update_epochs = 3;
   /// LSQ / LSQ+ learned step sizes (quant/lsq.h); off by default (observer-driven qparams).
   LearnedScalesConfig learned_scales;
+  /// The QAT report's per-layer sensitivity table of the trained fake-quant model (one validation
+  /// pass per quantized op); `sensitivity: false` skips it.
+  bool sensitivity = true;
   static QatConfig from_yaml(const ConfigNode& node);
   std::string to_yaml() const;
 };

@@ -188,5 +188,55 @@ TEST(Sensitivity, PtqAutoBudgetCli) {
   EXPECT_NE(r.output.find("is not a validation metric"), std::string::npos) << r.output;
 }
 
+// qat --auto-budget: the search runs on the PTQ-calibrated warm start before the run, the run's
+// config.yaml holds the chosen policy (so --resume trains the same one), and the QAT report shows
+// the search and the per-layer sensitivity table of the trained model.
+TEST(Sensitivity, QatAutoBudgetCli) {
+  RelabelledNano s = make_setup();
+  testing::TempDir tmp;
+  auto r = testing::run_csipose({"weights", "init", "--model", "pose_nano", "--seed", "1", "--out", tmp.file("m.ckpt")});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string cfg = "name: q\nseed: 0\ndata: {root: \"" + s.dir.file("data") +
+                          "\"}\nmodel: {type: pose_transformer, preset: pose_nano}\n"
+                          "train: {epochs: 2, batch_size: 16, eval_batch_size: 64, init_output: none}\n"
+                          "qat:\n  init_from: \"" + tmp.file("m.ckpt") + "\"\n  policy:\n    rules:\n      - match: \"" +
+                          kFragile + "\"\n        weights: {bits: 2}\n        activations: {bits: 2}\n";
+  testing::write_file(tmp.file("q.yaml"), cfg);
+  const std::string dir = tmp.file("run");
+  r = testing::run_csipose({"qat", "--config", tmp.file("q.yaml"), "--run-dir", dir, "--auto-budget", "0", "--metric",
+                            "val/clean/mpjpe", "--calibration", "2", "--stop-after", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("auto-budget: max drop of val/clean/mpjpe"), std::string::npos) << r.output;
+  const Json search = Json::parse(read_text_file(dir + "/auto_budget.json"));
+  const Json& moved = search.at("search").at("fp32_layers");
+  ASSERT_GE(moved.size(), 1u);  // with budget 0 at least the fragile op moves
+  bool fragile_moved = false;
+  for (size_t i = 0; i < moved.size(); ++i) fragile_moved = fragile_moved || moved.at(i).as_string() == kFragile;
+  EXPECT_TRUE(fragile_moved);
+  // The run's config holds the chosen policy: a resume trains exactly it, without searching again.
+  const ExperimentConfig saved = ExperimentConfig::load(dir + "/config.yaml");
+  for (size_t i = 0; i < moved.size(); ++i) {
+    EXPECT_FALSE(saved.qat.policy.resolve(moved.at(i).as_string()).weights.has_value());
+    EXPECT_FALSE(saved.qat.policy.resolve(moved.at(i).as_string()).activations.has_value());
+  }
+  r = testing::run_csipose({"qat", "--resume", dir, "--auto-budget", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = testing::run_csipose({"qat", "--resume", dir});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Json q = Json::parse(read_text_file(dir + "/report.json")).at("quantization");
+  EXPECT_EQ(q.at("quantized_ops").as_int(), static_cast<int64_t>(10 - moved.size()));
+  EXPECT_EQ(q.at("auto_budget").at("search").dump(), search.at("search").dump());
+  // The sensitivity table of the trained model covers exactly the ops it quantizes.
+  EXPECT_EQ(q.at("sensitivity").at("layers_most_sensitive_first").size(), 10 - moved.size());
+  const std::string md = read_text_file(dir + "/report.md");
+  EXPECT_NE(md.find("## Per-layer sensitivity of the QAT model"), std::string::npos) << md;
+  EXPECT_NE(md.find("## Accuracy-budget search before QAT"), std::string::npos) << md;
+  // The search never looks at the test split.
+  r = testing::run_csipose({"qat", "--config", tmp.file("q.yaml"), "--run-dir", tmp.file("run2"), "--auto-budget", "1",
+                            "--metric", "test/clean/pck@20"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("is not a validation metric"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace csipose
