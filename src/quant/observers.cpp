@@ -403,6 +403,7 @@ void HistogramObserver::rebin(double new_lo, double new_hi) {
 }
 
 void HistogramObserver::observe(const torch::Tensor& x_in) {
+  range_cache_.reset();
   torch::NoGradGuard no_grad;
   const torch::Tensor x = checked_input(x_in, "histogram observer");
   const auto [lo, hi] = device_minmax(x, "histogram observer");
@@ -510,7 +511,8 @@ ObservedRange HistogramObserver::mse_range() const {
 ObservedRange HistogramObserver::range() const {
   if (batches_ == 0) fail_empty();
   if (hi_ == lo_) return {{min_}, {max_}};
-  return method_ == HistogramMethod::percentile ? percentile_range() : mse_range();
+  if (!range_cache_) range_cache_ = method_ == HistogramMethod::percentile ? percentile_range() : mse_range();
+  return *range_cache_;
 }
 
 Json HistogramObserver::state() const {
@@ -527,6 +529,7 @@ Json HistogramObserver::state() const {
 }
 
 void HistogramObserver::load_state(const Json& state) {
+  range_cache_.reset();
   load_state_header(state);
   const int64_t bins = state.at("bins").as_int();
   CSIPOSE_CHECK(bins == bins_, "histogram observer: state has ", bins, " bins but this observer has ", bins_);
@@ -550,6 +553,7 @@ void HistogramObserver::load_state(const Json& state) {
 }
 
 void HistogramObserver::reset() {
+  range_cache_.reset();
   batches_ = 0;
   min_ = max_ = 0.0f;
   lo_ = hi_ = 0.0;

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -186,6 +187,9 @@ class HistogramObserver : public Observer {
   double percentile_;
   float min_ = 0.0f, max_ = 0.0f;  // observed
   double lo_ = 0.0, hi_ = 0.0;     // histogram range, lo_ <= 0 <= hi_
+  // range() of the current histogram: the mse search is O(bins^2), and a frozen observer is asked
+  // for its qparams on every forward. Cleared by observe, reset and load_state.
+  mutable std::optional<ObservedRange> range_cache_;
   std::vector<double> counts_;
 };
 

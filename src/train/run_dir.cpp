@@ -181,7 +181,9 @@ Json RunDir::write_report(Trainer& trainer, const PoseDataset& data) const {
     quant = quant_report(trainer, data, *best.model, test, test_m, quant_md);
     if (sens) {
       quant->set("sensitivity", sens->to_json());
-      quant_md += "\n## Per-layer sensitivity of the QAT model\n\n" + sens->table();
+      quant_md += "\n## Per-layer sensitivity of the QAT model\n\nThe trained weights (best epoch); \"fp32\" here is "
+                  "them with every op in float, \"all quantized\" the fake-quant model above.\n\n" +
+                  sens->table();
     }
     const fs::path search = fs::path(dir_) / "auto_budget.json";
     if (fs::exists(search)) {
