@@ -197,6 +197,7 @@ Int8Checkpoint load_int8_checkpoint(const std::string& path) {
         CSIPOSE_CHECK(!pw.bias_q.defined() || pw.bias_q.scalar_type() == torch::kInt, "bias_q is not int32");
         pw.params = QuantParams::from_json(j.at("weight"));
         pw.input_params = QuantParams::from_json(j.at("weight_input"));
+        pw = pw.with_row_sum();
         CSIPOSE_CHECK(pw.params.size() == 1 || pw.params.size() == pw.q.size(0), "weight qparams hold ",
                       pw.params.size(), " channels, the weight ", pw.q.size(0));
         s.packed = std::move(pw);

@@ -1,5 +1,7 @@
 #include "quant/int8_ops.h"
 
+#include "quant/int8_backend.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 
 #include "common/check.h"
 #include "quant/fake_quant.h"
+#include "quant/int8_backend.h"
 #include "quant/reference.h"
 
 namespace csipose {
@@ -107,18 +110,23 @@ void check_op(const char* op, const torch::Tensor& x_q, const QuantParams& in_qp
                 ", zero point ", w.input_params.zero_point[0], ")");
 }
 
-/// im2col + grouped float64 GEMM: the exact accumulators of a convolution of the centered input
-/// xc (N, C, *S) with the integer weight wq (O, C / groups, *K), zero padding (the input zero
-/// point once centered). Returns (N, O, *S_out), float64 integers.
-torch::Tensor conv_accumulate(const char* op, const torch::Tensor& xc, const torch::Tensor& wq,
-                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                              const std::vector<int64_t>& dilation, int64_t groups) {
+/// im2col of a convolution input x (N, C, *S) (any dtype) for a weight of shape (O, C / groups, *K):
+/// pads every spatial dimension with `pad_value`, takes the dilated windows, and returns
+/// cols (N, G, P, Cg * prod K) with P = prod S_out, and S_out.
+struct Im2col {
+  torch::Tensor cols;
+  std::vector<int64_t> out_size;
+};
+
+Im2col im2col(const char* op, const torch::Tensor& x, c10::IntArrayRef w_sizes, const std::vector<int64_t>& stride,
+              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups,
+              double pad_value) {
   const auto nd = static_cast<int64_t>(stride.size());
-  CSIPOSE_CHECK(xc.dim() == 2 + nd, op, ": input of shape ", xc.sizes(), "; expected ", 2 + nd,
+  CSIPOSE_CHECK(x.dim() == 2 + nd, op, ": input of shape ", x.sizes(), "; expected ", 2 + nd,
                 " dimensions (N, C, ...)");
   CSIPOSE_CHECK(groups >= 1, op, ": groups = ", groups, "; expected >= 1");
-  const int64_t n = xc.size(0), c_in = xc.size(1), c_out = wq.size(0), c_group = wq.size(1);
-  CSIPOSE_CHECK(c_out % groups == 0 && c_group * groups == c_in, op, ": weight of shape ", wq.sizes(), " with ", groups,
+  const int64_t n = x.size(0), c_in = x.size(1), c_out = w_sizes[0], c_group = w_sizes[1];
+  CSIPOSE_CHECK(c_out % groups == 0 && c_group * groups == c_in, op, ": weight of shape ", w_sizes, " with ", groups,
                 " groups does not fit an input of ", c_in, " channels");
   for (int64_t i = 0; i < nd; ++i) {
     const auto s = static_cast<size_t>(i);
@@ -129,17 +137,17 @@ torch::Tensor conv_accumulate(const char* op, const torch::Tensor& xc, const tor
   std::vector<int64_t> pads;
   for (int64_t i = nd - 1; i >= 0; --i) pads.insert(pads.end(), 2, padding[static_cast<size_t>(i)]);
   torch::Tensor cols = std::any_of(padding.begin(), padding.end(), [](int64_t p) { return p > 0; })
-                           ? torch::constant_pad_nd(xc, pads, 0)
-                           : xc;
+                           ? torch::constant_pad_nd(x, pads, pad_value)
+                           : x;
   // Windows of span d * (k - 1) + 1 every `stride`, then every d-th tap of each window.
-  std::vector<int64_t> out_size;
+  Im2col r;
   for (int64_t i = 0; i < nd; ++i) {
     const auto s = static_cast<size_t>(i);
-    const int64_t k = wq.size(2 + i);
+    const int64_t k = w_sizes[static_cast<size_t>(2 + i)];
     const int64_t span = dilation[s] * (k - 1) + 1;
     CSIPOSE_CHECK(cols.size(2 + i) >= span, op, ": padded input of size ", cols.size(2 + i), " along dimension ", 2 + i,
                   " is smaller than the dilated kernel (", span, ")");
-    out_size.push_back((cols.size(2 + i) - span) / stride[s] + 1);
+    r.out_size.push_back((cols.size(2 + i) - span) / stride[s] + 1);
     cols = cols.unfold(2 + i, span, stride[s]);  // appends the window dimension
   }
   for (int64_t i = 0; i < nd; ++i) {
@@ -154,16 +162,41 @@ torch::Tensor conv_accumulate(const char* op, const torch::Tensor& xc, const tor
   perm.push_back(2);
   for (int64_t i = 0; i < nd; ++i) perm.push_back(3 + nd + i);
   int64_t positions = 1;
-  for (int64_t o : out_size) positions *= o;
-  cols = cols.reshape(split).permute(perm).reshape({n, groups, positions, -1});
+  for (int64_t o : r.out_size) positions *= o;
+  r.cols = cols.reshape(split).permute(perm).reshape({n, groups, positions, -1});
+  return r;
+}
+
+/// The exact accumulators of an int8 convolution, (N, O, *S_out): float64 integers (reference) or
+/// int64 (oneDNN), padding with the input zero point (0 once centered).
+torch::Tensor conv_accumulate(const char* op, const torch::Tensor& x_q, int32_t zp, const PackedWeight& w,
+                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation, int64_t groups) {
+  const int64_t n = x_q.size(0), c_out = w.q.size(0);
+  const bool dnn = use_onednn(x_q.device());
+  const Im2col ic = dnn ? im2col(op, x_q, w.q.sizes(), stride, padding, dilation, groups, static_cast<double>(zp))
+                        : im2col(op, x_q.to(torch::kDouble) - static_cast<double>(zp), w.q.sizes(), stride, padding,
+                                 dilation, groups, 0.0);
   // Weight (O, Cg, *K) -> (G, O / G, Cg * prod K) -> (G, Cg * prod K, O / G).
-  const torch::Tensor wg = wq.reshape({groups, c_out / groups, -1}).transpose(1, 2);
-  CSIPOSE_CHECK(cols.size(3) == wg.size(1), op, ": internal im2col size mismatch");
+  const torch::Tensor wg = w.q.reshape({groups, c_out / groups, -1}).transpose(1, 2);
+  CSIPOSE_CHECK(ic.cols.size(3) == wg.size(1), op, ": internal im2col size mismatch");
+  const int64_t positions = ic.cols.size(2);
+  torch::Tensor acc;  // (N, G, P, O / G)
+  if (dnn) {
+    // (N, G, P, K') -> (G, N * P, K'): one batched s8 GEMM per group, then the zero-point term.
+    const torch::Tensor a = ic.cols.transpose(0, 1).reshape({groups, n * positions, -1});
+    const torch::Tensor raw = onednn_s8_gemm(a, wg);  // (G, N * P, O / G) int32
+    const torch::Tensor rs = w.row_sum.defined() ? w.row_sum : w.with_row_sum().row_sum;
+    acc = (raw.to(torch::kLong) - static_cast<int64_t>(zp) * rs.reshape({groups, 1, c_out / groups}))
+              .reshape({groups, n, positions, c_out / groups})
+              .transpose(0, 1);
+  } else {
+    acc = torch::matmul(ic.cols, wg.to(torch::kDouble));  // exact, see the header
+  }
   // (N, G, P, O / G) -> (N, G, O / G, P) -> (N, O, *S_out)
-  torch::Tensor acc = torch::matmul(cols, wg).permute({0, 1, 3, 2});
   std::vector<int64_t> out_shape = {n, c_out};
-  out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
-  return acc.reshape(out_shape);
+  out_shape.insert(out_shape.end(), ic.out_size.begin(), ic.out_size.end());
+  return acc.permute({0, 1, 3, 2}).reshape(out_shape);
 }
 
 /// The int8 conv ops after their checks: centered input, exact accumulators, requantize.
@@ -173,8 +206,7 @@ torch::Tensor int8_conv(const char* op, const torch::Tensor& x_q, const QuantPar
                         Rounding r) {
   const auto nd = static_cast<int64_t>(stride.size());
   check_op(op, x_q, in_qp, w, out_qp, 2 + nd);
-  const torch::Tensor xc = x_q.to(torch::kDouble) - static_cast<double>(in_qp.zero_point[0]);
-  const torch::Tensor acc = conv_accumulate(op, xc, w.q.to(torch::kDouble), stride, padding, dilation, groups);
+  const torch::Tensor acc = conv_accumulate(op, x_q, in_qp.zero_point[0], w, stride, padding, dilation, groups);
   const int64_t c_out = w.out_channels();
   std::vector<int64_t> shape(static_cast<size_t>(2 + nd), 1);
   shape[1] = c_out;
@@ -232,6 +264,13 @@ PackedWeight PackedWeight::to(const torch::Device& device) const {
   PackedWeight p = *this;
   p.q = q.to(device);
   if (bias_q.defined()) p.bias_q = bias_q.to(device);
+  if (row_sum.defined()) p.row_sum = row_sum.to(device);
+  return p;
+}
+
+PackedWeight PackedWeight::with_row_sum() const {
+  PackedWeight p = *this;
+  if (!p.row_sum.defined()) p.row_sum = q.reshape({q.size(0), -1}).to(torch::kLong).sum(1);
   return p;
 }
 
@@ -334,7 +373,7 @@ PackedWeight pack_weight_with(const torch::Tensor& w_float, const torch::Tensor&
                   " can overflow the int32 accumulator: max |acc| = ", acc_max, " (sum |w_q| * ", x_max,
                   ") + |bias_q| = ", bias_abs, " exceeds 2^31 - 1");
   }
-  return pw;
+  return pw.with_row_sum();
 }
 
 // ---- int8 ops ----------------------------------------------------------------------------------
@@ -344,8 +383,19 @@ torch::Tensor int8_linear(const torch::Tensor& x_q, const QuantParams& in_qp, co
   check_op("int8_linear", x_q, in_qp, w, out_qp, 2);
   CSIPOSE_CHECK(x_q.dim() >= 1 && x_q.size(-1) == w.q.size(1), "int8_linear: input of shape ", x_q.sizes(),
                 " does not fit a weight of shape ", w.q.sizes());
-  const torch::Tensor xc = x_q.to(torch::kDouble) - static_cast<double>(in_qp.zero_point[0]);
-  const torch::Tensor acc = torch::matmul(xc, w.q.to(torch::kDouble).t());  // exact, see the header
+  torch::Tensor acc;
+  if (use_onednn(x_q.device())) {
+    // Raw int8 products, then the zero-point term: sum (x - zp) w = sum x w - zp sum w.
+    const int64_t k = x_q.size(-1), o = w.out_channels();
+    const torch::Tensor raw = onednn_s8_gemm(x_q.reshape({1, -1, k}), w.q.t().unsqueeze(0));  // (1, M, O)
+    const torch::Tensor rs = w.row_sum.defined() ? w.row_sum : w.with_row_sum().row_sum;
+    std::vector<int64_t> shape(x_q.sizes().begin(), x_q.sizes().end());
+    shape.back() = o;
+    acc = (raw.to(torch::kLong) - static_cast<int64_t>(in_qp.zero_point[0]) * rs).reshape(shape);
+  } else {
+    const torch::Tensor xc = x_q.to(torch::kDouble) - static_cast<double>(in_qp.zero_point[0]);
+    acc = torch::matmul(xc, w.q.to(torch::kDouble).t());  // exact, see the header
+  }
   const torch::Tensor mult =
       float_tensor(multipliers(in_qp, w.params, out_qp, w.out_channels()), {w.out_channels()}, x_q.device());
   return requantize_tensor(acc, w.bias_q, mult, out_qp, r);
@@ -378,9 +428,30 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
   const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
   CSIPOSE_CHECK(bound <= kInt32Max, "int8_matmul: inner dimension ", k,
                 " can overflow the int32 accumulator (max |acc| = ", bound, " exceeds 2^31 - 1)");
-  const torch::Tensor ac = a_q.to(torch::kDouble) - static_cast<double>(a_qp.zero_point[0]);
-  const torch::Tensor bc = b_q.to(torch::kDouble) - static_cast<double>(b_qp.zero_point[0]);
-  const torch::Tensor acc = torch::matmul(ac, bc);  // exact, see the header
+  torch::Tensor acc;
+  if (use_onednn(a_q.device())) {
+    // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, over broadcast batches.
+    std::vector<int64_t> batch_a(a_q.sizes().begin(), a_q.sizes().end() - 2);
+    std::vector<int64_t> batch_b(b_q.sizes().begin(), b_q.sizes().end() - 2);
+    const std::vector<int64_t> batch = at::infer_size(batch_a, batch_b);
+    std::vector<int64_t> ea = batch, eb = batch;
+    ea.insert(ea.end(), {a_q.size(-2), k});
+    eb.insert(eb.end(), {k, b_q.size(-1)});
+    const torch::Tensor a3 = a_q.expand(ea).reshape({-1, a_q.size(-2), k});
+    const torch::Tensor b3 = b_q.expand(eb).reshape({-1, k, b_q.size(-1)});
+    const int64_t za = a_qp.zero_point[0], zb = b_qp.zero_point[0];
+    torch::Tensor acc3 = onednn_s8_gemm(a3, b3).to(torch::kLong);
+    if (za != 0) acc3 -= za * b3.to(torch::kLong).sum(1, /*keepdim=*/true);
+    if (zb != 0) acc3 -= zb * a3.to(torch::kLong).sum(2, /*keepdim=*/true);
+    if (za != 0 && zb != 0) acc3 += k * za * zb;
+    std::vector<int64_t> out = batch;
+    out.insert(out.end(), {a_q.size(-2), b_q.size(-1)});
+    acc = acc3.reshape(out);
+  } else {
+    const torch::Tensor ac = a_q.to(torch::kDouble) - static_cast<double>(a_qp.zero_point[0]);
+    const torch::Tensor bc = b_q.to(torch::kDouble) - static_cast<double>(b_qp.zero_point[0]);
+    acc = torch::matmul(ac, bc);  // exact, see the header
+  }
   const float m = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
   return requantize_tensor(acc, torch::Tensor(), float_tensor({m}, {}, a_q.device()), out_qp, r);
 }

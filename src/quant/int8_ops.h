@@ -60,6 +60,11 @@ struct PackedWeight {
   /// The per-tensor input parameters the bias scale and the overflow bound were computed for;
   /// the ops require exactly these input parameters.
   QuantParams input_params;
+  /// int64 (out): sum_k q[c, k], the zero-point compensation of backends that multiply raw int8
+  /// values (quant/int8_backend.h). Set by pack_weight and the .csq loader (with_row_sum()).
+  torch::Tensor row_sum;
+  /// This weight with row_sum computed (when it is not yet).
+  PackedWeight with_row_sum() const;
 
   int64_t out_channels() const { return q.size(0); }
   /// s_w of output channel c (the one per-tensor scale for every c).

@@ -2,8 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
 #include <ctime>
+#include <thread>
 #include <filesystem>
 #include <map>
 #include <sstream>
@@ -24,6 +29,46 @@
 namespace csipose {
 namespace fs = std::filesystem;
 namespace {
+
+/// The registry's read-modify-write runs under `<registry>.lock` (O_EXCL, so two exports at once,
+/// e.g. two sweep workers, never lose each other's entry). A lock older than 10 minutes is left
+/// over from a crash and taken over; waiting longer than 2 minutes is an error naming the file.
+class RegistryLock {
+ public:
+  explicit RegistryLock(const std::string& registry) : path_(registry + ".lock") {
+    const fs::path parent = fs::path(path_).parent_path();
+    if (!parent.empty()) fs::create_directories(parent);
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      const int fd = ::open(path_.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+      if (fd >= 0) {
+        const std::string pid = std::to_string(::getpid()) + "\n";
+        [[maybe_unused]] const auto n = ::write(fd, pid.data(), pid.size());
+        ::close(fd);
+        return;
+      }
+      std::error_code ec;
+      const auto age = fs::file_time_type::clock::now() - fs::last_write_time(path_, ec);
+      if (!ec && age > std::chrono::minutes(10)) {
+        fs::remove(path_, ec);
+        continue;
+      }
+      CSIPOSE_CHECK(std::chrono::steady_clock::now() - start < std::chrono::minutes(2), "export: the registry lock ",
+                    path_, " is held by another export for over 2 minutes (remove it if no export is running)");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~RegistryLock() {
+    std::error_code ec;
+    fs::remove(path_, ec);
+  }
+  RegistryLock(const RegistryLock&) = delete;
+  RegistryLock& operator=(const RegistryLock&) = delete;
+
+ private:
+  std::string path_;
+};
+
 
 std::string pct(const Json& metrics) {
   char buf[32];
@@ -238,8 +283,13 @@ ExportResult export_run(const ExportOptions& o) {
   write_text_atomic((fs::path(o.out) / "model_card.json").string(), c.dump(2) + "\n");
   write_text_atomic((fs::path(o.out) / "model_card.md").string(), card_markdown(c));
 
-  registry.add(e, o.replace, o.registry);
-  registry.save(o.registry);
+  {
+    const RegistryLock lock(o.registry);
+    // Re-read under the lock: another export may have added an entry since the check above.
+    registry = ModelRegistry::load_or_empty(o.registry);
+    registry.add(e, o.replace, o.registry);
+    registry.save(o.registry);
+  }
   return res;
 }
 

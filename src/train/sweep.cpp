@@ -41,7 +41,8 @@ std::atomic<int> g_stop{0};  // set by request_sweep_stop (a signal handler): lo
 
 constexpr std::initializer_list<std::pair<const char*, SweepStage>> kStages = {
     {"train", SweepStage::train}, {"ptq_dynamic", SweepStage::ptq_dynamic}, {"ptq_static", SweepStage::ptq_static},
-    {"qat", SweepStage::qat}, {"eval", SweepStage::eval}};
+    {"qat", SweepStage::qat}, {"convert", SweepStage::convert}, {"eval", SweepStage::eval},
+    {"export", SweepStage::export_}};
 
 /// "file:line: path.key" of a key, for messages raised after parsing (ConfigNode::error's prefix).
 std::string location(const ConfigNode& n, const std::string& key) {
@@ -158,7 +159,9 @@ SweepConfig SweepConfig::from_yaml(const ConfigNode& n) {
   }
   if (!c.has(SweepStage::train)) n.error("stages", "every run needs the train stage (the fp32 model the others start from)");
   if (!c.has(SweepStage::eval)) c.stages.push_back(SweepStage::eval);  // the run's result row
-  std::sort(c.stages.begin(), c.stages.end());  // the dependency order: train, ptq, qat, eval
+  std::sort(c.stages.begin(), c.stages.end());  // the dependency order: train, ptq, qat, convert, eval, export
+  if (c.has(SweepStage::convert) && !c.has(SweepStage::qat))
+    n.error("stages", "the convert stage converts the QAT model; add the qat stage");
   if (n.has("ptq")) {
     const ConfigNode p = n.child("ptq");
     c.ptq_calibration = p.get_int("calibration", c.ptq_calibration, 1);
@@ -168,6 +171,11 @@ SweepConfig SweepConfig::from_yaml(const ConfigNode& n) {
       p.error("observer", "unknown value \"" + c.ptq_observer + "\"; expected one of: histogram, minmax");
   }
   if (n.has("qat")) c.qat_set = n.child("qat").get_list<std::string>("set", {});
+  if (n.has("export")) {
+    const ConfigNode e = n.child("export");
+    c.export_budget = e.get_double("budget", c.export_budget, 0.0, 100.0);
+    if (!c.has(SweepStage::export_)) e.error("budget", "set, but the stages have no export");
+  }
   if (n.has("eval")) c.latency_iters = n.child("eval").get_int("latency_iters", c.latency_iters, 0, 100000);
   if (n.has("execution")) {
     const ConfigNode e = n.child("execution");
@@ -215,6 +223,7 @@ std::string SweepConfig::to_yaml() const {
   o << "]\nptq: {calibration: " << ptq_calibration << ", batch_size: " << ptq_batch_size << ", observer: " << ptq_observer
     << "}\n";
   o << "qat: {set: " << yaml_list(qat_set) << "}\neval: {latency_iters: " << latency_iters << "}\n";
+  if (has(SweepStage::export_)) o << "export: {budget: " << fmt(export_budget) << "}\n";
   o << "execution: {threads: " << threads << ", retries: " << retries << ", heartbeat_s: " << fmt(heartbeat_s)
     << ", stale_s: " << fmt(stale_s) << ", preempt_grace_s: " << fmt(preempt_grace_s) << "}\n";
   return o.str();
@@ -280,6 +289,7 @@ std::vector<SweepRun> plan_sweep(const SweepConfig& s) {
   if (s.has(SweepStage::ptq_static) || s.has(SweepStage::ptq_dynamic))
     recipe += "ptq: {calibration: " + std::to_string(s.ptq_calibration) + ", batch_size: " + std::to_string(s.ptq_batch_size) +
               ", observer: " + s.ptq_observer + "}\n";
+  if (s.has(SweepStage::export_)) recipe += "export: {budget: " + fmt(s.export_budget) + "}\n";
 
   std::vector<SweepRun> runs;
   std::map<std::string, size_t> by_id;
@@ -698,9 +708,25 @@ RunOutcome execute_run(WorkerContext& ctx, const SweepRun& run, int64_t attempt,
         }
         break;
       }
+      case SweepStage::convert:
+        // The run's deployable int8 model from the QAT run's best checkpoint, evaluated back.
+        done_file = (rd / "convert.json").string();
+        args = {"convert", "--checkpoint", (rd / "qat" / "checkpoints" / "best.safetensors").string(), "--out",
+                (rd / "model.csq").string(), "--json", done_file};
+        break;
       case SweepStage::eval:
         done_file = (rd / "result.json").string();
         break;
+      case SweepStage::export_: {
+        // Marked done by the sweep itself once export exits 0 (its card is written before the
+        // registry entry; --replace makes a retry after a crash in between idempotent).
+        done_file = (rd / "export.done").string();
+        const bool csq = ctx.sweep.has(SweepStage::qat);
+        args = {"export", "--run", rd.string(), "--format", csq ? "csq" : "safetensors", "--out", (rd / "export").string(),
+                "--registry", (fs::path(ctx.dir) / "registry.yaml").string(), "--name",
+                ctx.sweep.name + "-" + run.id, "--budget", fmt(ctx.sweep.export_budget), "--replace"};
+        break;
+      }
     }
     if (fs::exists(done_file)) continue;
     Json rec = record(run.id, RunState::running, attempt, worker);
@@ -723,6 +749,7 @@ RunOutcome execute_run(WorkerContext& ctx, const SweepRun& run, int64_t attempt,
       throw StageFailure(str_cat("stage ", to_string(stage), " exited with code ", out.exit_code,
                                  last.empty() ? "" : ": " + last, " (log ", log, ")"));
     }
+    if (stage == SweepStage::export_) write_text_atomic(done_file, read_text_file((rd / "export" / "model_card.json").string()));
     CSIPOSE_CHECK(fs::exists(done_file), "stage ", to_string(stage), " finished without writing ", done_file);
     if (g_stop.load()) return RunOutcome::preempted;
   }

@@ -23,7 +23,9 @@
 namespace csipose {
 class ConfigNode;
 
-enum class SweepStage { train, ptq_dynamic, ptq_static, qat, eval };
+/// In dependency order (a sweep runs its stages in this order): convert needs qat; export ships the
+/// QAT model (.csq) when there is a qat stage, else the fp32 weights (.safetensors).
+enum class SweepStage { train, ptq_dynamic, ptq_static, qat, convert, eval, export_ };
 const char* to_string(SweepStage s);
 
 /// One axis: a config key path and the YAML scalars it takes ("model.preset": [pose_nano, ...]).
@@ -48,6 +50,9 @@ struct SweepConfig {
   /// eval: batch-1 forward passes timed per model (fp32 and the deployable int8); 0 = no latency.
   /// A measurement, not part of the run's identity, and not reproducible: off by default.
   int64_t latency_iters = 0;
+  /// export: the registry entry's accuracy budget (max test/clean PCK@20 drop, points). The entries
+  /// go to <sweep dir>/registry.yaml, named <sweep name>-<run id>.
+  double export_budget = 0.5;
   int64_t threads = 1;                     ///< intra-op threads of each stage process (OMP_NUM_THREADS)
   int64_t retries = 1;                     ///< a failed run is tried at most 1 + retries times
   double heartbeat_s = 10.0;               ///< lock touch interval of a running worker

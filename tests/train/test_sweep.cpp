@@ -25,6 +25,7 @@
 #include "common/json.h"
 #include "data/synth/generator.h"
 #include "data/synth/synth_config.h"
+#include "models/artifact_registry.h"
 #include "models/safetensors.h"
 #include "train/sweep.h"
 #include "train/sweep_report.h"
@@ -150,6 +151,10 @@ TEST_F(SweepTest, ConfigErrorsNameTheKey) {
   });
   EXPECT_NE(qat.find("qat.set"), std::string::npos) << qat;
   EXPECT_NE(qat.find("bn_update_epoch"), std::string::npos) << qat;
+  const std::string conv = error_of([&] { SweepConfig::parse(sweep_yaml("stages: [train, convert]\n"), "sweep.yaml"); });
+  EXPECT_NE(conv.find("add the qat stage"), std::string::npos) << conv;
+  const std::string exp = error_of([&] { SweepConfig::parse(sweep_yaml("export: {budget: 1}\n"), "sweep.yaml"); });
+  EXPECT_NE(exp.find("export.budget"), std::string::npos) << exp;
   const std::string dup = error_of([&] {
     plan_sweep(SweepConfig::parse(sweep_yaml("axes:\n  grid: {train.optimizer.lr: [0.001, 1.0e-3]}\n"), "sweep.yaml"));
   });
@@ -199,9 +204,10 @@ TEST_F(SweepTest, EveryStageFeedsTheReportAndDoneRunsAreSkipped) {
   TempDir d;
   const std::string cfg = sweep_file(d,
                                      "dir: \"" + d.file("sw") + "\"\naxes:\n  seeds: [0, 1]\n"
-                                     "stages: [train, ptq_dynamic, ptq_static, qat, eval]\nptq: {calibration: 2, batch_size: 16, observer: minmax}\n"
+                                     "stages: [train, ptq_dynamic, ptq_static, qat, convert, eval, export]\n"
+                                     "ptq: {calibration: 2, batch_size: 16, observer: minmax}\n"
                                      "qat: {set: [train.optimizer.lr=2.0e-4, train.init_output=none, qat.observer_update_epochs=1]}\n"
-                                     "eval: {latency_iters: 5}\n");
+                                     "eval: {latency_iters: 5}\nexport: {budget: 100}\n");
   const auto r = run_csipose({"sweep", "--config", cfg, "--workers", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string sw = d.file("sw");
@@ -225,7 +231,20 @@ TEST_F(SweepTest, EveryStageFeedsTheReportAndDoneRunsAreSkipped) {
     // The QAT stage started from this run's fp32 best checkpoint.
     const Json q = Json::parse(read_text_file(sw + "/runs/" + id + "/qat/report.json")).at("quantization");
     EXPECT_EQ(q.at("init_from").as_string(), sw + "/runs/" + id + "/train/checkpoints/best.safetensors");
+    // convert: the run's model.csq from the QAT best checkpoint evaluates to the QAT report's int8 row.
+    const Json conv = Json::parse(read_text_file(sw + "/runs/" + id + "/convert.json"));
+    EXPECT_EQ(conv.at("int8").at("clean").dump(), q.at("int8").at("clean").dump());
+    EXPECT_TRUE(fs::exists(sw + "/runs/" + id + "/model.csq"));
+    // export: the shipped .csq and its card, registered in the sweep's registry under s-<id>.
+    const Json card = Json::parse(read_text_file(sw + "/runs/" + id + "/export/model_card.json"));
+    EXPECT_EQ(card.at("registry").at("entry").as_string(), "s-" + id);
+    EXPECT_EQ(read_text_file(sw + "/runs/" + id + "/export.done"), read_text_file(sw + "/runs/" + id + "/export/model_card.json"));
+    EXPECT_TRUE(fs::exists(sw + "/runs/" + id + "/export/model.csq"));
   }
+  // Both workers exported at the same time: neither entry was lost, and the lock is gone.
+  const ModelRegistry reg = ModelRegistry::load(sw + "/registry.yaml");
+  for (const auto& id : ids) EXPECT_TRUE(reg.find("s-" + id)) << id;
+  EXPECT_FALSE(fs::exists(sw + "/registry.yaml.lock"));
   const std::string csv = read_text_file(sw + "/report/results.csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 3);
   EXPECT_EQ(csv.rfind("id,index,overrides,model,params,fp32_bytes,int8_bytes", 0), 0u) << csv;
