@@ -13,6 +13,7 @@ const std::vector<Command>& commands() {
       {"train", "train a model from an experiment YAML into a run directory; --resume continues exactly", train},
       {"eval", "evaluate a checkpoint on a split under the locked metric (cpu or cuda), write result JSON", evaluate},
       {"train-bench", "time training steps of a model preset on resident synthetic data (samples/s as JSON)", train_bench},
+      {"infer-bench", "time forwards of an fp32 checkpoint or int8 .csq (p50 / p90 ms, samples/s, peak RSS as JSON)", infer_bench},
       {"qat", "quantization-aware training from a config with a qat: section (fp32 warm start -> QAT -> int8 report)", qat},
       {"convert", "convert a QAT checkpoint to an int8 model (.csq) and evaluate fake-quant vs int8", convert},
       {"ptq", "post-training quantization (static with calibration, or dynamic), evaluated as fake-quant vs fp32", ptq},

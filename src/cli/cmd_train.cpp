@@ -1,8 +1,10 @@
 // csipose train | eval | train-bench
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -17,8 +19,9 @@
 #include "common/version.h"
 #include "data/loader.h"
 #include "models/checkpoint.h"
-#include "train/optim.h"
+#include "quant/int8_backend.h"
 #include "quant/prepare.h"
+#include "train/optim.h"
 #include "train/evaluate.h"
 #include "train/loss.h"
 #include "train/run_dir.h"
@@ -332,6 +335,69 @@ int train_bench(const Args& args) {
   j.set("warmup", warmup).set("threads", static_cast<int64_t>(torch::get_num_threads()));
   j.set("samples_per_s", static_cast<double>(steps * batch) / secs).set("step_ms", 1000.0 * secs / static_cast<double>(steps));
   j.set("torch", TORCH_VERSION);
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+namespace {
+/// The process's peak resident set (VmHWM of /proc/self/status), in KiB; 0 when unknown.
+int64_t peak_rss_kib() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  return 0;
+}
+}  // namespace
+
+int infer_bench(const Args& args) {
+  po::options_description desc("options");
+  std::string checkpoint, backend;
+  int64_t batch = 1, iters = 200, warmup = 20, threads = 0;
+  desc.add_options()
+      ("checkpoint", po::value(&checkpoint)->required(), "fp32 checkpoint / weight file or int8 .csq")
+      ("batch-size", po::value(&batch)->default_value(1), "batch size of every forward")
+      ("iters", po::value(&iters)->default_value(200), "timed forwards")
+      ("warmup", po::value(&warmup)->default_value(20), "untimed forwards first")
+      ("threads", po::value(&threads)->default_value(0), "intra-op threads (0 = all cores)")
+      ("int8-backend", po::value(&backend)->default_value(onednn_available() ? "onednn" : "reference"),
+       "int8 accumulators: onednn | reference (quant/int8_backend.h)");
+  po::variables_map vm;
+  if (!parse_options("infer-bench", "--checkpoint C [--batch-size 1] [--iters 200] [--threads N] [--int8-backend B]",
+                     desc, args, vm))
+    return 0;
+  CSIPOSE_CHECK(batch >= 1 && iters >= 1 && warmup >= 0 && threads >= 0,
+                "infer-bench: needs --batch-size >= 1, --iters >= 1, --warmup >= 0, --threads >= 0");
+  set_int8_backend(parse_int8_backend(backend));
+  if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+  auto model = load_eval_model(checkpoint);
+  model->eval();
+  const bool int8 = !prepared_hooks(*model).hooks.empty();
+  std::vector<int64_t> shape{batch};
+  for (int64_t d : model->input_shape()) shape.push_back(d);
+  torch::manual_seed(0);
+  const torch::Tensor x = torch::rand(shape);
+  torch::NoGradGuard no_grad;
+  for (int64_t i = 0; i < warmup; ++i) (void)model->forward(x);
+  std::vector<double> ms;
+  ms.reserve(static_cast<size_t>(iters));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < iters; ++i) {
+    const auto a = std::chrono::steady_clock::now();
+    (void)model->forward(x);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const auto pct = [&](double q) {
+    return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size() - 1) + 0.5))];
+  };
+  Json j = Json::object();
+  j.set("impl", "csipose").set("checkpoint", checkpoint).set("numerics", int8 ? "int8" : "fp32");
+  j.set("int8_backend", int8 ? backend : std::string("-")).set("batch_size", batch).set("iters", iters);
+  j.set("threads", static_cast<int64_t>(torch::get_num_threads()));
+  j.set("p50_ms", pct(0.5)).set("p90_ms", pct(0.9)).set("samples_per_s", static_cast<double>(iters * batch) / secs);
+  j.set("peak_rss_kib", peak_rss_kib()).set("torch", TORCH_VERSION);
   std::cout << j.dump() << std::endl;
   return 0;
 }

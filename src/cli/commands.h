@@ -24,6 +24,7 @@ int predict(const Args& args);
 int train(const Args& args);
 int evaluate(const Args& args);
 int train_bench(const Args& args);
+int infer_bench(const Args& args);
 int ptq(const Args& args);
 int qat(const Args& args);
 int convert(const Args& args);

@@ -1,12 +1,14 @@
 // csipose: train, quantize and verify WiFi-CSI pose models. Dispatches to one subcommand;
 // only this file turns errors into exit codes.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
 #include "cli/commands.h"
 #include "common/check.h"
 #include "common/device.h"
+#include "quant/int8_backend.h"
 
 using csipose::cli::Args;
 
@@ -23,6 +25,10 @@ int main(int argc, char** argv) {
   }
   try {
     csipose::configure_threads();
+    // CSIPOSE_INT8_BACKEND=reference|onednn picks who computes the int8 ops' integer sums for any
+    // command (the outputs are bit-identical either way; quant/int8_backend.h).
+    if (const char* b = std::getenv("CSIPOSE_INT8_BACKEND"); b != nullptr && *b != '\0')
+      csipose::set_int8_backend(csipose::parse_int8_backend(b));
     // Commands are one or two words ("score", "data synth"); the longest match wins.
     for (size_t n : {2u, 1u}) {
       if (words.size() < n) continue;

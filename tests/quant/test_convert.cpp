@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -16,6 +17,7 @@
 #include "models/registry.h"
 #include "models/safetensors.h"
 #include "quant/bitpack.h"
+#include "quant/int8_backend.h"
 #include "quant/prepare.h"
 #include "testing.h"
 
@@ -236,6 +238,77 @@ TEST(ConvertModel, PoseTransformerInt8FollowsFakeQuant) {
   save_int8_checkpoint(tmp.file("p.csq"), c.config, QuantPolicy{}, *c.model, {{"metric", "m"}});
   torch::NoGradGuard g;
   EXPECT_TRUE(torch::equal(load_int8_checkpoint(tmp.file("p.csq")).model->forward(c.x), c.int8));
+}
+
+// ---- int8 backends ---------------------------------------------------------------------------------
+
+/// Selects an int8 backend for one scope.
+struct BackendScope {
+  explicit BackendScope(Int8BackendKind k) : before(int8_backend()) { set_int8_backend(k); }
+  ~BackendScope() { set_int8_backend(before); }
+  Int8BackendKind before;
+};
+
+torch::Tensor random_int8(std::vector<int64_t> shape) {
+  return torch::randint(-128, 128, shape, torch::TensorOptions().dtype(torch::kInt8));
+}
+
+// oneDNN's raw s8 products plus the zero-point terms give the reference's exact integers, so every
+// op (and every whole model) is bit-identical under both backends, including the worst-case
+// inputs (all -128 / all 127) and zero points at the ends of the range.
+TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  torch::manual_seed(3);
+  for (const int32_t zp : {-128, -7, 0, 127}) {
+    const QuantParams in = QuantParams::per_tensor(0.02f, zp, -128, 127);
+    const QuantParams out = QuantParams::per_tensor(0.05f, 3, -128, 127);
+    auto both = [&](const std::function<torch::Tensor()>& op) {
+      torch::Tensor ref, dnn;
+      {
+        BackendScope s(Int8BackendKind::reference);
+        ref = op();
+      }
+      {
+        BackendScope s(Int8BackendKind::onednn);
+        dnn = op();
+      }
+      EXPECT_TRUE(torch::equal(ref, dnn)) << "zp " << zp << " max diff "
+                                          << (ref.to(torch::kInt) - dnn.to(torch::kInt)).abs().max().item<int>();
+    };
+    // linear, 3-D input
+    const PackedWeight wl = pack_weight(torch::randn({16, 40}) * 0.1, torch::randn({16}) * 0.1, QuantSpec::weight_default(), in);
+    for (const torch::Tensor& x : {random_int8({3, 5, 40}), torch::full({2, 40}, -128, torch::kInt8),
+                                   torch::full({2, 40}, 127, torch::kInt8)})
+      both([&] { return int8_linear(x, in, wl, out); });
+    // conv1d: groups, dilation, padding, stride; depthwise; no bias
+    const PackedWeight w1 = pack_weight(torch::randn({12, 4, 3}) * 0.1, torch::randn({12}) * 0.1, QuantSpec::weight_default(), in);
+    const torch::Tensor x1 = random_int8({2, 8, 19});
+    both([&] { return int8_conv1d(x1, in, w1, out, 2, 2, 2, 2); });
+    const PackedWeight wd = pack_weight(torch::randn({8, 1, 3}) * 0.3, torch::Tensor(), QuantSpec::weight_default(), in);
+    both([&] { return int8_conv1d(x1, in, wd, out, 1, 1, 1, 8); });
+    // conv2d (1, k) kernels as WiFlow's encoder uses them
+    const PackedWeight w2 = pack_weight(torch::randn({10, 6, 1, 3}) * 0.1, torch::randn({10}) * 0.1, QuantSpec::weight_default(), in);
+    const torch::Tensor x2 = random_int8({2, 6, 3, 11});
+    both([&] { return int8_conv2d(x2, in, w2, out, {1, 2}, {0, 1}, {1, 1}, 1); });
+    // matmul of two activations, broadcast batch dimensions, both zero points
+    const QuantParams b_qp = QuantParams::per_tensor(0.03f, -zp / 2, -128, 127);
+    const torch::Tensor a = random_int8({2, 3, 7, 9}), b = random_int8({3, 9, 5});
+    both([&] { return int8_matmul(a, in, b, b_qp, out); });
+  }
+}
+
+TEST(Int8Backend, WholeModelsAreBitIdenticalUnderBothBackends) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  for (const char* preset : {"wiflow_tiny", "pose_nano"}) {
+    Converted c;
+    {
+      BackendScope s(Int8BackendKind::reference);
+      c = convert_preset(preset, 5);
+    }
+    BackendScope s(Int8BackendKind::onednn);
+    torch::NoGradGuard g;
+    EXPECT_TRUE(torch::equal(c.model->forward(c.x), c.int8)) << preset;
+  }
 }
 
 // ---- sub-byte weights ------------------------------------------------------------------------------
