@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
+#include <vector>
 
 #include "common/check.h"
 
@@ -60,30 +62,53 @@ const dnnl::engine& cpu_engine() {
 }
 
 dnnl::memory::dims dims_of(const torch::Tensor& t) { return dnnl::memory::dims(t.sizes().begin(), t.sizes().end()); }
+/// Strides for oneDNN: a size-1 dimension's stride is irrelevant to torch (views often leave it
+/// 1 or 0) but oneDNN validates it, so it gets the dense value.
 dnnl::memory::dims strides_of(const torch::Tensor& t) {
-  return dnnl::memory::dims(t.strides().begin(), t.strides().end());
+  dnnl::memory::dims st(t.strides().begin(), t.strides().end());
+  for (int64_t d = t.dim() - 1; d >= 0; --d)
+    if (t.size(d) == 1) st[static_cast<size_t>(d)] = d + 1 < t.dim() ? st[static_cast<size_t>(d + 1)] * t.size(d + 1) : 1;
+  return st;
+}
+
+/// A memory descriptor of t's layout; when oneDNN rejects the strides, t is made contiguous.
+dnnl::memory::desc describe(torch::Tensor& t, dnnl::memory::data_type type) {
+  try {
+    return dnnl::memory::desc(dims_of(t), type, strides_of(t));
+  } catch (const dnnl::error&) {
+    t = t.contiguous();
+    return dnnl::memory::desc(dims_of(t), type, strides_of(t));
+  }
 }
 
 }  // namespace
 
 torch::Tensor onednn_s8_gemm(const torch::Tensor& a, const torch::Tensor& b) {
-  CSIPOSE_CHECK(a.scalar_type() == torch::kInt8 && b.scalar_type() == torch::kInt8 && a.dim() == 3 && b.dim() == 3 &&
-                    a.size(0) == b.size(0) && a.size(2) == b.size(1) && a.device().is_cpu() && b.device().is_cpu(),
-                "onednn_s8_gemm: expected int8 CPU tensors (B, M, K) and (B, K, N), got ", a.sizes(), " and ", b.sizes());
-  // oneDNN wants non-negative strides and a dense last-or-second-to-last dimension; torch views
-  // from im2col and transposes satisfy that, everything else is made contiguous first.
-  const auto usable = [](const torch::Tensor& t) {
-    return t.stride(2) == 1 || t.stride(1) == 1;
+  const int64_t nd = a.dim();
+  bool ok = a.scalar_type() == torch::kInt8 && b.scalar_type() == torch::kInt8 && nd >= 2 && b.dim() == nd &&
+            a.size(nd - 1) == b.size(nd - 2) && a.device().is_cpu() && b.device().is_cpu();
+  std::vector<int64_t> out_shape;
+  for (int64_t d = 0; ok && d < nd - 2; ++d) {
+    ok = a.size(d) == b.size(d) || a.size(d) == 1 || b.size(d) == 1;
+    out_shape.push_back(std::max(a.size(d), b.size(d)));
+  }
+  CSIPOSE_CHECK(ok, "onednn_s8_gemm: expected int8 CPU tensors (..., M, K) and (..., K, N) of one rank with "
+                "broadcastable batch dimensions, got ", a.sizes(), " and ", b.sizes());
+  out_shape.push_back(a.size(nd - 2));
+  out_shape.push_back(b.size(nd - 1));
+  // oneDNN wants a dense last-or-second-to-last dimension; anything else is made contiguous first.
+  const auto usable = [nd](const torch::Tensor& t) {
+    return t.stride(nd - 1) == 1 || t.stride(nd - 2) == 1;
   };
-  const torch::Tensor ac = usable(a) ? a : a.contiguous();
-  const torch::Tensor bc = usable(b) ? b : b.contiguous();
-  torch::Tensor c = torch::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(torch::kInt));
+  torch::Tensor ac = usable(a) ? a : a.contiguous();
+  torch::Tensor bc = usable(b) ? b : b.contiguous();
+  torch::Tensor c = torch::empty(out_shape, a.options().dtype(torch::kInt));
   if (c.numel() == 0) return c;
-  if (a.size(2) == 0) return c.zero_();
+  if (a.size(nd - 1) == 0) return c.zero_();
   using dt = dnnl::memory::data_type;
-  const dnnl::memory::desc a_md(dims_of(ac), dt::s8, strides_of(ac));
-  const dnnl::memory::desc b_md(dims_of(bc), dt::s8, strides_of(bc));
-  const dnnl::memory::desc c_md(dims_of(c), dt::s32, strides_of(c));
+  const dnnl::memory::desc a_md = describe(ac, dt::s8);
+  const dnnl::memory::desc b_md = describe(bc, dt::s8);
+  const dnnl::memory::desc c_md = describe(c, dt::s32);
   const dnnl::engine& eng = cpu_engine();
   // oneDNN's primitive cache makes a repeated shape cheap to re-create; a stream per call keeps
   // concurrent callers apart.

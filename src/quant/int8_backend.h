@@ -35,9 +35,10 @@ Int8BackendKind int8_backend();
 /// True when CPU tensors of this device take the oneDNN path.
 bool use_onednn(const torch::Device& device);
 
-/// Batched exact product of int8 tensors: a (B, M, K), b (B, K, N) (any strides), both on the CPU;
-/// returns int32 (B, M, N) = a @ b. Only with onednn_available(). The caller guarantees every
-/// partial sum fits int32 (the int8 ops' overflow bounds: |a|, |b| <= 128 and the centered bound).
+/// Batched exact product of int8 CPU tensors a (..., M, K) and b (..., K, N) of one rank, batch
+/// dimensions equal or 1 (broadcast), any strides with a dense last or second-to-last dimension;
+/// returns int32 (..., M, N) = a @ b, contiguous. Only with onednn_available(). The caller
+/// guarantees every partial sum fits int32 (the int8 ops' overflow bounds).
 torch::Tensor onednn_s8_gemm(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace csipose

@@ -1,10 +1,11 @@
 #include "quant/int8_ops.h"
 
-#include "quant/int8_backend.h"
-
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -265,12 +266,15 @@ PackedWeight PackedWeight::to(const torch::Device& device) const {
   p.q = q.to(device);
   if (bias_q.defined()) p.bias_q = bias_q.to(device);
   if (row_sum.defined()) p.row_sum = row_sum.to(device);
+  if (zp_row_sum.defined()) p.zp_row_sum = zp_row_sum.to(device);
   return p;
 }
 
 PackedWeight PackedWeight::with_row_sum() const {
   PackedWeight p = *this;
   if (!p.row_sum.defined()) p.row_sum = q.reshape({q.size(0), -1}).to(torch::kLong).sum(1);
+  if (!p.zp_row_sum.defined() && !p.input_params.zero_point.empty())
+    p.zp_row_sum = p.row_sum * static_cast<int64_t>(p.input_params.zero_point[0]);
   return p;
 }
 
@@ -454,6 +458,184 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
   }
   const float m = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
   return requantize_tensor(acc, torch::Tensor(), float_tensor({m}, {}, a_q.device()), out_qp, r);
+}
+
+// ---- fused CPU path (oneDNN backend) --------------------------------------------------------------
+namespace {
+
+/// round() of a float with the contract's tie rule, as round_tensor does elementwise.
+inline float round_one(float y, Rounding r) {
+  if (r == Rounding::half_even) return std::nearbyint(y);  // default FE_TONEAREST: ties to even
+  const float t = std::trunc(y);
+  return t + (std::fabs(y - t) >= 0.5f ? (y > 0 ? 1.0f : -1.0f) : 0.0f);
+}
+
+/// quantize_tensor of a float32 CPU tensor with per-tensor params in one pass (same float32
+/// operations, so the same bits); throws for a non-finite value as quantize_tensor does.
+torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p, Rounding r) {
+  const torch::Tensor x = x_in.contiguous();
+  torch::Tensor q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
+  const float inv = inv_scale_of(p.scale[0]);
+  const float zp = static_cast<float>(p.zero_point[0]);
+  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  const float* src = x.data_ptr<float>();
+  int8_t* dst = q.data_ptr<int8_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
+    bool ok = true;
+    for (int64_t i = b; i < e; ++i) {
+      const float v = src[i];
+      ok = ok && std::isfinite(v);
+      const float u = round_one(v * inv, r) + zp;
+      dst[i] = static_cast<int8_t>(u < lo ? lo : (u > hi ? hi : u));
+    }
+    if (!ok) bad.store(true);
+  });
+  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  return q;
+}
+
+/// Requantize + dequantize in one pass: raw int32 GEMM results of a (N, G, Og, P) output (element
+/// (n, g, og, p) at raw[n * sn + g * sg + og * so + p * sp]), the zero-point term comp[o] (int64,
+/// o = g * Og + og) and bias[o] (int32) give acc + bias; then the contract's float32 requantize with
+/// mult[o] and the output dequantize. Returns float32 (N, G * Og, P), equal bit for bit to
+/// dequantize_tensor(requantize_tensor(acc, bias, mult, out)).
+torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int64_t, 4> sizes,
+                                        std::array<int64_t, 4> strides, const torch::Tensor& comp,
+                                        const torch::Tensor& bias, const std::vector<float>& mult,
+                                        const QuantParams& out, Rounding r) {
+  const int64_t n = sizes[0], g = sizes[1], og = sizes[2], np = sizes[3], o = g * og;
+  torch::Tensor y = torch::empty({n, o, np}, raw.options().dtype(torch::kFloat));
+  const int32_t* src = raw.data_ptr<int32_t>();
+  const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
+  const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
+  const int64_t* cp = comp_c.defined() ? comp_c.data_ptr<int64_t>() : nullptr;
+  const int32_t* bp = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
+  const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
+  const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
+  float* dst = y.data_ptr<float>();
+  at::parallel_for(0, n * o, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t ni = row / o, oi = row % o, gi = oi / og, ogi = oi % og;
+      const int32_t* s_row = src + ni * strides[0] + gi * strides[1] + ogi * strides[2];
+      // acc + bias fits int32 (pack_weight's bound), so this int64 sum converts exactly.
+      const int64_t add = (bp ? static_cast<int64_t>(bp[oi]) : 0) - (cp ? cp[oi] : 0);
+      const float m = mult[static_cast<size_t>(mult.size() == 1 ? 0 : oi)];
+      float* d_row = dst + row * np;
+      for (int64_t pi = 0; pi < np; ++pi) {
+        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[pi * strides[3]]) + add);
+        float u = round_one(static_cast<float>(sum) * m, r) + zp;
+        u = u < lo ? lo : (u > hi ? hi : u);
+        d_row[pi] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+      }
+    }
+  });
+  return y;
+}
+
+/// The same for a linear op's raw (M, O) int32 GEMM result (channels last): returns float32 (M, O).
+torch::Tensor requantize_dequantize_rows_cpu(const torch::Tensor& raw, const torch::Tensor& comp,
+                                             const torch::Tensor& bias, const std::vector<float>& mult,
+                                             const QuantParams& out, Rounding r) {
+  const int64_t m = raw.size(0), o = raw.size(1);
+  torch::Tensor y = torch::empty({m, o}, raw.options().dtype(torch::kFloat));
+  // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64.
+  std::vector<int64_t> add(static_cast<size_t>(o), 0);
+  const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
+  const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
+  for (int64_t c = 0; c < o; ++c)
+    add[static_cast<size_t>(c)] = (bias_c.defined() ? static_cast<int64_t>(bias_c.data_ptr<int32_t>()[c]) : 0) -
+                                  (comp_c.defined() ? comp_c.data_ptr<int64_t>()[c] : 0);
+  std::vector<float> mv(static_cast<size_t>(o));
+  for (int64_t c = 0; c < o; ++c) mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
+  const int32_t* src = raw.data_ptr<int32_t>();
+  float* dst = y.data_ptr<float>();
+  const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
+  const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
+  at::parallel_for(0, m, 4, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int32_t* s_row = src + row * o;
+      float* d_row = dst + row * o;
+      for (int64_t c = 0; c < o; ++c) {
+        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[c]) + add[static_cast<size_t>(c)]);
+        float u = round_one(static_cast<float>(sum) * mv[static_cast<size_t>(c)], r) + zp;
+        u = u < lo ? lo : (u > hi ? hi : u);
+        d_row[c] = (u - zp) * s_out;
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+bool int8_fused_available(const torch::Device& device) { return use_onednn(device); }
+
+torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                            const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {
+  CSIPOSE_CHECK(int8_fused_available(x.device()), "int8_op_float: the fused path needs the onednn backend on the CPU");
+  check_float_tensor(x, "int8_op_float");
+  check_activation_params(in_qp, "int8_op_float");
+  check_activation_params(out_qp, "int8_op_float");
+  check_int8_tensor(w.q, "int8_op_float");
+  CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_float: input params differ from those the weight was packed for");
+  const torch::Tensor xq = quantize_cpu_fused(x, in_qp, r);
+  // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
+  const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
+  const int64_t c_out = w.out_channels();
+  const std::vector<float> mult = multipliers(in_qp, w.params, out_qp, c_out);
+  if (conv == nullptr) {
+    CSIPOSE_CHECK(w.q.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.q.size(1), "int8_op_float: input of shape ",
+                  x.sizes(), " does not fit a linear weight of shape ", w.q.sizes());
+    const int64_t k = x.size(-1);
+    const torch::Tensor raw = onednn_s8_gemm(xq.reshape({1, -1, k}), w.q.t().unsqueeze(0));  // (1, M, O)
+    torch::Tensor y = requantize_dequantize_rows_cpu(raw.reshape({raw.size(1), c_out}), comp, w.bias_q, mult, out_qp, r);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = c_out;
+    return y.reshape(shape);
+  }
+  const auto nd = static_cast<int64_t>(conv->stride.size());
+  CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_float: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
+  const int64_t n = x.size(0), groups = conv->groups;
+  CSIPOSE_CHECK(x.dim() == 2 + nd && groups >= 1 && c_out % groups == 0 && w.q.size(1) * groups == x.size(1),
+                "int8_op_float: input of shape ", x.sizes(), " does not fit a weight of shape ", w.q.sizes(), " with ",
+                groups, " groups");
+  // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
+  // cols: pad with the input zero point, unfold, (N, C, *S_out, *K) -> (N, C, *K, *S_out); for a
+  // 1x1 conv with stride 1 and no padding this is x itself, no copy.
+  std::vector<int64_t> pads;
+  for (int64_t i = nd - 1; i >= 0; --i) pads.insert(pads.end(), 2, conv->padding[static_cast<size_t>(i)]);
+  torch::Tensor cols = std::any_of(conv->padding.begin(), conv->padding.end(), [](int64_t p) { return p > 0; })
+                           ? torch::constant_pad_nd(xq, pads, static_cast<double>(in_qp.zero_point[0]))
+                           : xq;
+  std::vector<int64_t> out_size;
+  for (int64_t i = 0; i < nd; ++i) {
+    const auto d = static_cast<size_t>(i);
+    const int64_t k = w.q.size(2 + i), span = conv->dilation[d] * (k - 1) + 1;
+    CSIPOSE_CHECK(conv->stride[d] >= 1 && conv->dilation[d] >= 1 && cols.size(2 + i) >= span, "int8_op_float: padded input of size ",
+                  cols.size(2 + i), " along dimension ", 2 + i, " does not fit the dilated kernel (", span, ")");
+    out_size.push_back((cols.size(2 + i) - span) / conv->stride[d] + 1);
+    cols = cols.unfold(2 + i, span, conv->stride[d]);
+  }
+  for (int64_t i = 0; i < nd; ++i) {
+    const auto d = static_cast<size_t>(i);
+    if (conv->dilation[d] > 1) cols = cols.slice(2 + nd + i, 0, cols.size(2 + nd + i), conv->dilation[d]);
+  }
+  std::vector<int64_t> perm = {0, 1};
+  for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + nd + i);
+  for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + i);
+  int64_t positions = 1;
+  for (int64_t o : out_size) positions *= o;
+  const int64_t og = c_out / groups;
+  cols = cols.permute(perm).reshape({n, groups, -1, positions});
+  const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
+  CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_float: internal im2col size mismatch");
+  const torch::Tensor raw = onednn_s8_gemm(wg, cols);  // (N, G, Og, P), contiguous
+  torch::Tensor y = requantize_dequantize_cpu(raw, {n, groups, og, positions}, {groups * og * positions, og * positions, positions, 1},
+                                              comp, w.bias_q, mult, out_qp, r);
+  std::vector<int64_t> out_shape = {n, c_out};
+  out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
+  return y.reshape(out_shape);
 }
 
 // ---- fake-quant references -----------------------------------------------------------------------

@@ -42,6 +42,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "quant/quant_spec.h"
 
@@ -60,9 +61,10 @@ struct PackedWeight {
   /// The per-tensor input parameters the bias scale and the overflow bound were computed for;
   /// the ops require exactly these input parameters.
   QuantParams input_params;
-  /// int64 (out): sum_k q[c, k], the zero-point compensation of backends that multiply raw int8
-  /// values (quant/int8_backend.h). Set by pack_weight and the .csq loader (with_row_sum()).
-  torch::Tensor row_sum;
+  /// int64 (out): sum_k q[c, k], and zp_in * row_sum: the zero-point compensation of backends that
+  /// multiply raw int8 values (quant/int8_backend.h). Set by pack_weight and the .csq loader
+  /// (with_row_sum()).
+  torch::Tensor row_sum, zp_row_sum;
   /// This weight with row_sum computed (when it is not yet).
   PackedWeight with_row_sum() const;
 
@@ -126,6 +128,24 @@ torch::Tensor int8_conv2d(const torch::Tensor& x_q, const QuantParams& in_qp, co
 ///   acc = sum_k (a_q - zp_a) * (b_q - zp_b),   out = requantize(acc, 0, s_a * s_b / s_out, zp_out).
 torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, const torch::Tensor& b_q,
                           const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
+
+// ---- fused float-in / float-out path (oneDNN backend, CPU) ----------------------------------------
+// What a converted model runs per op: dequantize(op(quantize(x))). On the oneDNN backend this is one
+// fused quantize pass, oneDNN's s8 GEMM, and one fused requantize + dequantize pass (no int64 /
+// float64 intermediates, no separate passes per step); the float32 operations are the contract's,
+// so the result is bit-identical to the three reference ops (tested).
+
+/// Convolution geometry of int8_op_float (1 or 2 spatial dimensions).
+struct Int8Conv {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+};
+/// Whether int8_op_float can run for tensors on `device` (the oneDNN backend on the CPU).
+bool int8_fused_available(const torch::Device& device);
+/// dequantize_tensor(int8_linear / int8_conv*(quantize_tensor(x, in_qp), ...), out_qp) for float32 x;
+/// `conv` null for a linear op. Only where int8_fused_available.
+torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                            const QuantParams& out_qp, const Int8Conv* conv, Rounding r = Rounding::half_even);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------
 // fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),

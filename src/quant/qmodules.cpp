@@ -353,9 +353,16 @@ torch::Tensor along_channels(const torch::Tensor& v, int64_t dim) {
 
 /// The forward of a weighted op (conv / linear) whose hook is not off.
 torch::Tensor hooked_forward(QuantHook& h, bool training, const torch::Tensor& x, const torch::Tensor& w,
-                             const torch::Tensor& b, const FloatOp& op, const Int8Op& int8_op) {
+                             const torch::Tensor& b, const FloatOp& op, const Int8Op& int8_op,
+                             const std::function<Int8Conv()>& conv_geometry = nullptr) {
   if (h.mode() == QuantMode::int8) {
     const auto& s = h.int8_on(x.device());
+    if (s.packed && int8_fused_available(x.device())) {
+      // One fused quantize pass, oneDNN's s8 GEMM, one fused requantize + dequantize pass.
+      if (!conv_geometry) return int8_op_float(x, s.inputs[0], *s.packed, *s.output, nullptr, h.activation_rounding());
+      const Int8Conv g = conv_geometry();
+      return int8_op_float(x, s.inputs[0], *s.packed, *s.output, &g, h.activation_rounding());
+    }
     if (s.packed) {
       const torch::Tensor xq = quantize_tensor(x.contiguous(), s.inputs[0], h.activation_rounding());
       return dequantize_tensor(int8_op(xq, s.inputs[0], *s.packed, *s.output, h.activation_rounding()), *s.output);
@@ -406,6 +413,11 @@ torch::Tensor QConv1dImpl::forward(const torch::Tensor& x) {
         const auto* pad = explicit_padding<1>(o.padding());
         CSIPOSE_CHECK(pad != nullptr, "QConv1d: int8 needs explicit padding");
         return int8_conv1d(xq, in, w, out, (*o.stride())[0], (**pad)[0], (*o.dilation())[0], o.groups(), r);
+      },
+      [&] {
+        const auto* pad = explicit_padding<1>(o.padding());
+        CSIPOSE_CHECK(pad != nullptr, "QConv1d: int8 needs explicit padding");
+        return Int8Conv{{(*o.stride())[0]}, {(**pad)[0]}, {(*o.dilation())[0]}, o.groups()};
       });
 }
 
@@ -423,6 +435,14 @@ torch::Tensor QConv2dImpl::forward(const torch::Tensor& x) {
         CSIPOSE_CHECK(pad != nullptr, "QConv2d: int8 needs explicit padding");
         return int8_conv2d(xq, in, w, out, {(*o.stride())[0], (*o.stride())[1]}, {(**pad)[0], (**pad)[1]},
                            {(*o.dilation())[0], (*o.dilation())[1]}, o.groups(), r);
+      },
+      [&] {
+        const auto* pad = explicit_padding<2>(o.padding());
+        CSIPOSE_CHECK(pad != nullptr, "QConv2d: int8 needs explicit padding");
+        return Int8Conv{{(*o.stride())[0], (*o.stride())[1]},
+                        {(**pad)[0], (**pad)[1]},
+                        {(*o.dilation())[0], (*o.dilation())[1]},
+                        o.groups()};
       });
 }
 
