@@ -79,8 +79,9 @@ Json diff_points(const Json& a, const Json& b) {
   return Json(100.0 * (a.as_double() - b.as_double()));
 }
 
-/// accuracy vs size, log-scale size axis; the Pareto front as a step line with its points labelled.
-std::string pareto_svg(const std::string& name, const std::vector<ParetoPoint>& pts) {
+/// accuracy vs size (or vs batch-1 latency, `latency`: the points' x is then microseconds), log-scale
+/// x axis; the Pareto front as a step line with its points labelled.
+std::string pareto_svg(const std::string& name, const std::vector<ParetoPoint>& pts, bool latency = false) {
   const double W = 720, H = 460, L = 70, R = 20, T = 40, B = 60;
   double xmin = 1e300, xmax = 0, ymin = 1.0, ymax = 0.0;
   for (const auto& p : pts) {
@@ -101,7 +102,7 @@ std::string pareto_svg(const std::string& name, const std::vector<ParetoPoint>& 
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   s << "<text x=\"" << W / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">" << xml_escape(name)
-    << ": test/clean PCK@20 vs model bytes (Pareto front marked)</text>\n";
+    << ": test/clean PCK@20 vs " << (latency ? "batch-1 CPU latency" : "model bytes") << " (Pareto front marked)</text>\n";
   // axes, grid and ticks
   s << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
   s << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
@@ -109,7 +110,10 @@ std::string pareto_svg(const std::string& name, const std::vector<ParetoPoint>& 
     const double b = std::pow(10.0, e), x = X(b);
     s << "<line x1=\"" << fixed(x, 1) << "\" y1=\"" << T << "\" x2=\"" << fixed(x, 1) << "\" y2=\"" << H - B
       << "\" stroke=\"#eee\"/>\n";
-    const std::string label = b >= 1e6 ? fixed(b / 1e6, 2) + " MB" : b >= 1e3 ? fixed(b / 1e3, 0) + " kB" : fixed(b, 0) + " B";
+    const std::string label = latency ? fixed(b / 1e3, b < 1e3 ? 2 : 1) + " ms"
+                              : b >= 1e6  ? fixed(b / 1e6, 2) + " MB"
+                              : b >= 1e3  ? fixed(b / 1e3, 0) + " kB"
+                                          : fixed(b, 0) + " B";
     s << "<text x=\"" << fixed(x, 1) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << label << "</text>\n";
   }
   for (double a = y0; a <= y1 + 1e-9; a += (y1 - y0) / 5) {
@@ -118,7 +122,8 @@ std::string pareto_svg(const std::string& name, const std::vector<ParetoPoint>& 
       << "\" stroke=\"#eee\"/>\n";
     s << "<text x=\"" << L - 6 << "\" y=\"" << fixed(y + 4, 1) << "\" text-anchor=\"end\">" << fixed(100 * a, 0) << "%</text>\n";
   }
-  s << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 20 << "\" text-anchor=\"middle\">model bytes (log scale)</text>\n";
+  s << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 20 << "\" text-anchor=\"middle\">"
+    << (latency ? "median batch-1 forward, ms (log scale)" : "model bytes (log scale)") << "</text>\n";
   s << "<text transform=\"translate(18," << (T + H - B) / 2 << ") rotate(-90)\" text-anchor=\"middle\">test/clean PCK@20</text>\n";
   // the front as a staircase: best accuracy achievable at each size
   std::vector<const ParetoPoint*> front;
@@ -312,6 +317,27 @@ Json write_sweep_report(const std::string& dir) {
     if (p.front)
       md << "| " << static_cast<int64_t>(p.bytes) << " | " << fixed(100 * p.pck20, 2) << "% | " << p.numerics << " | " << p.run
          << " | " << p.overrides << " |\n";
+  if (latency) {
+    // The same front over batch-1 latency (x in microseconds so the log axis stays >= 1).
+    std::vector<ParetoPoint> lat;
+    for (const Json& r : rows.elements())
+      for (const char* numerics : {"fp32", "int8"}) {
+        const Json& ms = r.contains(std::string("latency_ms_") + numerics) ? r.at(std::string("latency_ms_") + numerics) : Json();
+        const Json& acc = r.at(std::string(numerics) == "fp32" ? "pck20_fp32" : "pck20_int8");
+        if (ms.is_number() && acc.is_number())
+          lat.push_back({r.at("id").as_string(), numerics, r.at("overrides").as_string(), 1000.0 * ms.as_double(),
+                         acc.as_double()});
+      }
+    lat = pareto_front(lat);
+    md << "\n## Pareto front: accuracy vs batch-1 latency\n\nNo other (run, numerics) is both faster and at least as "
+          "accurate (median batch-1 CPU forward; indicative). Plot: pareto_latency.svg.\n\n"
+          "| ms (b=1) | PCK@20 | numerics | run | overrides |\n|---:|---:|---|---|---|\n";
+    for (const auto& p : lat)
+      if (p.front)
+        md << "| " << fixed(p.bytes / 1000.0, 3) << " | " << fixed(100 * p.pck20, 2) << "% | " << p.numerics << " | "
+           << p.run << " | " << p.overrides << " |\n";
+    write_text_atomic((d / "report" / "pareto_latency.svg").string(), pareto_svg(name, lat, /*latency=*/true));
+  }
   write_text_atomic((d / "report" / "pareto.md").string(), md.str());
   write_text_atomic((d / "report" / "pareto.svg").string(), pareto_svg(name, pts));
   return rows;

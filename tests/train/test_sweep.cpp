@@ -256,6 +256,11 @@ TEST_F(SweepTest, EveryStageFeedsTheReportAndDoneRunsAreSkipped) {
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find("Pareto front"), std::string::npos);
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
+  // With latency measured: the front over batch-1 latency too.
+  EXPECT_NE(md.find("## Pareto front: accuracy vs batch-1 latency"), std::string::npos) << md;
+  const std::string lsvg = read_text_file(sw + "/report/pareto_latency.svg");
+  EXPECT_NE(lsvg.find("batch-1 CPU latency"), std::string::npos);
+  EXPECT_NE(lsvg.find(" ms</text>"), std::string::npos);
 
   // Re-running the same command (and --resume) skips the done runs: no new claims, no new stages.
   const size_t records = read_journal(sw).size();
