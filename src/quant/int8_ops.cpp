@@ -638,6 +638,64 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
   return y.reshape(out_shape);
 }
 
+torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  CSIPOSE_CHECK(int8_fused_available(a.device()) && b.device() == a.device(),
+                "int8_matmul_float: the fused path needs the onednn backend on the CPU");
+  check_float_tensor(a, "int8_matmul_float");
+  check_float_tensor(b, "int8_matmul_float");
+  check_activation_params(a_qp, "int8_matmul_float");
+  check_activation_params(b_qp, "int8_matmul_float");
+  check_activation_params(out_qp, "int8_matmul_float");
+  CSIPOSE_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "int8_matmul_float: shapes ", a.sizes(),
+                " and ", b.sizes(), " do not multiply");
+  const int64_t k = a.size(-1), m = a.size(-2), n = b.size(-1);
+  const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
+  CSIPOSE_CHECK(bound <= kInt32Max, "int8_matmul_float: inner dimension ", k,
+                " can overflow the int32 accumulator (max |acc| = ", bound, " exceeds 2^31 - 1)");
+  const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
+  std::vector<int64_t> ea = batch, eb = batch, out = batch;
+  ea.insert(ea.end(), {m, k});
+  eb.insert(eb.end(), {k, n});
+  out.insert(out.end(), {m, n});
+  const torch::Tensor aq = quantize_cpu_fused(a.expand(ea), a_qp, r).reshape({-1, m, k});
+  const torch::Tensor bq = quantize_cpu_fused(b.expand(eb), b_qp, r).reshape({-1, k, n});
+  const torch::Tensor raw = onednn_s8_gemm(aq, bq);  // (B, M, N) int32, contiguous
+  const int64_t nb = raw.size(0);
+  torch::Tensor y = torch::empty({nb, m, n}, a.options());
+  const int64_t za = a_qp.zero_point[0], zb = b_qp.zero_point[0];
+  const float mult = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
+  const float zo = static_cast<float>(out_qp.zero_point[0]), s_out = out_qp.scale[0];
+  const float lo = static_cast<float>(out_qp.qmin), hi = static_cast<float>(out_qp.qmax);
+  const int8_t* ap = aq.data_ptr<int8_t>();
+  const int8_t* bp = bq.data_ptr<int8_t>();
+  const int32_t* rp = raw.data_ptr<int32_t>();
+  float* yp = y.data_ptr<float>();
+  // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, then requantize + dequantize.
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<int64_t> colsum(static_cast<size_t>(n));
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      std::fill(colsum.begin(), colsum.end(), 0);
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bp[(bi * k + kk) * n + j];
+      for (int64_t i = 0; i < m; ++i) {
+        int64_t rowsum = 0;
+        for (int64_t kk = 0; kk < k; ++kk) rowsum += ap[(bi * m + i) * k + kk];
+        const int64_t c = k * za * zb - zb * rowsum;
+        const int32_t* rrow = rp + (bi * m + i) * n;
+        float* yrow = yp + (bi * m + i) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const int32_t acc = static_cast<int32_t>(rrow[j] - za * colsum[static_cast<size_t>(j)] + c);
+          float u = round_one(static_cast<float>(acc) * mult, r) + zo;
+          u = u < lo ? lo : (u > hi ? hi : u);
+          yrow[j] = (u - zo) * s_out;
+        }
+      }
+    }
+  });
+  return y.reshape(out);
+}
+
 // ---- fake-quant references -----------------------------------------------------------------------
 
 torch::Tensor fq_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,

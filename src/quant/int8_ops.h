@@ -146,6 +146,10 @@ bool int8_fused_available(const torch::Device& device);
 /// `conv` null for a linear op. Only where int8_fused_available.
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r = Rounding::half_even);
+/// dequantize_tensor(int8_matmul(quantize_tensor(a), quantize_tensor(b)), out_qp) for float32 a, b
+/// (torch::matmul broadcasting), fused the same way. Only where int8_fused_available.
+torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------
 // fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),

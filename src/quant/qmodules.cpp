@@ -467,6 +467,7 @@ torch::Tensor QMatmulImpl::forward(const torch::Tensor& a, const torch::Tensor& 
     const auto* s = hook->int8_state();
     if (s->inputs.empty()) return torch::matmul(a, b);
     const Rounding r = hook->activation_rounding();
+    if (int8_fused_available(a.device())) return int8_matmul_float(a, s->inputs[0], b, s->inputs[1], *s->output, r);
     const torch::Tensor aq = quantize_tensor(a.contiguous(), s->inputs[0], r);
     const torch::Tensor bq = quantize_tensor(b.contiguous(), s->inputs[1], r);
     return dequantize_tensor(int8_matmul(aq, s->inputs[0], bq, s->inputs[1], *s->output, r), *s->output);

@@ -294,6 +294,20 @@ TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
     const QuantParams b_qp = QuantParams::per_tensor(0.03f, -zp / 2, -128, 127);
     const torch::Tensor a = random_int8({2, 3, 7, 9}), b = random_int8({3, 9, 5});
     both([&] { return int8_matmul(a, in, b, b_qp, out); });
+    // The fused float-in / float-out forms equal dequantize(reference op(quantize(x))) bit for bit.
+    BackendScope s(Int8BackendKind::onednn);
+    const torch::Tensor af = torch::randn({2, 3, 7, 9}) * 2, bf = torch::randn({3, 9, 5}) * 3;
+    const torch::Tensor want_mm =
+        dequantize_tensor(int8_matmul(quantize_tensor(af, in), in, quantize_tensor(bf, b_qp), b_qp, out), out);
+    EXPECT_TRUE(torch::equal(int8_matmul_float(af, in, bf, b_qp, out), want_mm)) << "zp " << zp;
+    const torch::Tensor xf = torch::randn({2, 8, 19}) * 2;
+    const Int8Conv g1{{2}, {2}, {2}, 2};
+    EXPECT_TRUE(torch::equal(int8_op_float(xf, in, w1, out, &g1),
+                             dequantize_tensor(int8_conv1d(quantize_tensor(xf, in), in, w1, out, 2, 2, 2, 2), out)));
+    const torch::Tensor lf = torch::randn({3, 5, 40}) * 2;
+    EXPECT_TRUE(torch::equal(int8_op_float(lf, in, wl, out, nullptr),
+                             dequantize_tensor(int8_linear(quantize_tensor(lf, in), in, wl, out), out)));
+    EXPECT_THROW(int8_op_float(torch::full({2, 40}, NAN), in, wl, out, nullptr), Error);  // non-finite refused
   }
 }
 
