@@ -95,6 +95,13 @@ torch::Tensor requantize_tensor(const torch::Tensor& acc, const torch::Tensor& b
   return u.clamp(static_cast<double>(out_qp.qmin), static_cast<double>(out_qp.qmax)).to(torch::kInt8);
 }
 
+/// The int32 accumulator of a product of two int8 activations over k terms cannot overflow.
+void check_matmul_bound(const char* op, int64_t k, const QuantParams& a_qp, const QuantParams& b_qp) {
+  const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
+  CSIPOSE_CHECK(bound <= kInt32Max, op, ": inner dimension ", k, " can overflow the int32 accumulator (max |acc| = ",
+                bound, " exceeds 2^31 - 1)");
+}
+
 /// Common checks of an int8 op with a packed weight: activation dtype and params, device, the
 /// input params the weight was packed for.
 void check_op(const char* op, const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
@@ -121,7 +128,7 @@ struct Im2col {
 
 Im2col im2col(const char* op, const torch::Tensor& x, c10::IntArrayRef w_sizes, const std::vector<int64_t>& stride,
               const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups,
-              double pad_value) {
+              double pad_value, bool positions_last = false) {
   const auto nd = static_cast<int64_t>(stride.size());
   CSIPOSE_CHECK(x.dim() == 2 + nd, op, ": input of shape ", x.sizes(), "; expected ", 2 + nd,
                 " dimensions (N, C, ...)");
@@ -155,6 +162,17 @@ Im2col im2col(const char* op, const torch::Tensor& x, c10::IntArrayRef w_sizes, 
     const auto s = static_cast<size_t>(i);
     if (dilation[s] > 1) cols = cols.slice(2 + nd + i, 0, cols.size(2 + nd + i), dilation[s]);
   }
+  int64_t positions = 1;
+  for (int64_t o : r.out_size) positions *= o;
+  if (positions_last) {
+    // (N, C, *S_out, *K) -> (N, C, *K, *S_out) -> (N, G, Cg * prod K, P): a view (no copy) for a
+    // 1x1 kernel with stride 1 and no padding.
+    std::vector<int64_t> perm = {0, 1};
+    for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + nd + i);
+    for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + i);
+    r.cols = cols.permute(perm).reshape({n, groups, -1, positions});
+    return r;
+  }
   // (N, C, *S_out, *K) -> (N, G, Cg, *S_out, *K) -> (N, G, *S_out, Cg, *K) -> (N, G, P, Cg * prod K)
   std::vector<int64_t> split = {n, groups, c_group};
   for (int64_t i = 2; i < cols.dim(); ++i) split.push_back(cols.size(i));
@@ -162,8 +180,6 @@ Im2col im2col(const char* op, const torch::Tensor& x, c10::IntArrayRef w_sizes, 
   for (int64_t i = 0; i < nd; ++i) perm.push_back(3 + i);
   perm.push_back(2);
   for (int64_t i = 0; i < nd; ++i) perm.push_back(3 + nd + i);
-  int64_t positions = 1;
-  for (int64_t o : r.out_size) positions *= o;
   r.cols = cols.reshape(split).permute(perm).reshape({n, groups, positions, -1});
   return r;
 }
@@ -429,9 +445,7 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
                 " and ", b_q.sizes(), " do not multiply");
   CSIPOSE_CHECK(a_q.device() == b_q.device(), "int8_matmul: operands on ", a_q.device(), " and ", b_q.device());
   const int64_t k = a_q.size(-1);
-  const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
-  CSIPOSE_CHECK(bound <= kInt32Max, "int8_matmul: inner dimension ", k,
-                " can overflow the int32 accumulator (max |acc| = ", bound, " exceeds 2^31 - 1)");
+  check_matmul_bound("int8_matmul", k, a_qp, b_qp);
   torch::Tensor acc;
   if (use_onednn(a_q.device())) {
     // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, over broadcast batches.
@@ -597,37 +611,12 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
   const auto nd = static_cast<int64_t>(conv->stride.size());
   CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_float: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
   const int64_t n = x.size(0), groups = conv->groups;
-  CSIPOSE_CHECK(x.dim() == 2 + nd && groups >= 1 && c_out % groups == 0 && w.q.size(1) * groups == x.size(1),
-                "int8_op_float: input of shape ", x.sizes(), " does not fit a weight of shape ", w.q.sizes(), " with ",
-                groups, " groups");
   // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
-  // cols: pad with the input zero point, unfold, (N, C, *S_out, *K) -> (N, C, *K, *S_out); for a
-  // 1x1 conv with stride 1 and no padding this is x itself, no copy.
-  std::vector<int64_t> pads;
-  for (int64_t i = nd - 1; i >= 0; --i) pads.insert(pads.end(), 2, conv->padding[static_cast<size_t>(i)]);
-  torch::Tensor cols = std::any_of(conv->padding.begin(), conv->padding.end(), [](int64_t p) { return p > 0; })
-                           ? torch::constant_pad_nd(xq, pads, static_cast<double>(in_qp.zero_point[0]))
-                           : xq;
-  std::vector<int64_t> out_size;
-  for (int64_t i = 0; i < nd; ++i) {
-    const auto d = static_cast<size_t>(i);
-    const int64_t k = w.q.size(2 + i), span = conv->dilation[d] * (k - 1) + 1;
-    CSIPOSE_CHECK(conv->stride[d] >= 1 && conv->dilation[d] >= 1 && cols.size(2 + i) >= span, "int8_op_float: padded input of size ",
-                  cols.size(2 + i), " along dimension ", 2 + i, " does not fit the dilated kernel (", span, ")");
-    out_size.push_back((cols.size(2 + i) - span) / conv->stride[d] + 1);
-    cols = cols.unfold(2 + i, span, conv->stride[d]);
-  }
-  for (int64_t i = 0; i < nd; ++i) {
-    const auto d = static_cast<size_t>(i);
-    if (conv->dilation[d] > 1) cols = cols.slice(2 + nd + i, 0, cols.size(2 + nd + i), conv->dilation[d]);
-  }
-  std::vector<int64_t> perm = {0, 1};
-  for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + nd + i);
-  for (int64_t i = 0; i < nd; ++i) perm.push_back(2 + i);
-  int64_t positions = 1;
-  for (int64_t o : out_size) positions *= o;
-  const int64_t og = c_out / groups;
-  cols = cols.permute(perm).reshape({n, groups, -1, positions});
+  const Im2col ic = im2col("int8_op_float", xq, w.q.sizes(), conv->stride, conv->padding, conv->dilation, groups,
+                           static_cast<double>(in_qp.zero_point[0]), /*positions_last=*/true);
+  const torch::Tensor& cols = ic.cols;
+  const std::vector<int64_t>& out_size = ic.out_size;
+  const int64_t positions = cols.size(3), og = c_out / groups;
   const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
   CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_float: internal im2col size mismatch");
   const torch::Tensor raw = onednn_s8_gemm(wg, cols);  // (N, G, Og, P), contiguous
@@ -650,9 +639,7 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   CSIPOSE_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "int8_matmul_float: shapes ", a.sizes(),
                 " and ", b.sizes(), " do not multiply");
   const int64_t k = a.size(-1), m = a.size(-2), n = b.size(-1);
-  const int64_t bound = k * max_centered(a_qp) * max_centered(b_qp);
-  CSIPOSE_CHECK(bound <= kInt32Max, "int8_matmul_float: inner dimension ", k,
-                " can overflow the int32 accumulator (max |acc| = ", bound, " exceeds 2^31 - 1)");
+  check_matmul_bound("int8_matmul_float", k, a_qp, b_qp);
   const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
   std::vector<int64_t> ea = batch, eb = batch, out = batch;
   ea.insert(ea.end(), {m, k});
