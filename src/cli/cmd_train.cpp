@@ -278,14 +278,14 @@ int train_bench(const Args& args) {
       ("steps", po::value(&steps)->default_value(30), "timed training steps")
       ("warmup", po::value(&warmup)->default_value(5), "untimed steps first")
       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N")
-      ("threads", po::value(&threads)->default_value(0), "intra-op threads (0 = LibTorch default)")
+      ("threads", po::value(&threads)->default_value(0), "CPU threads, LibTorch's and OpenBLAS's (0 = LibTorch default)")
       ("samples", po::value(&resident)->default_value(2048), "size of the resident synthetic set");
   po::variables_map vm;
   if (!parse_options("train-bench", "--model PRESET [--batch-size 64] [--steps 30] [--device cpu|cuda]", desc, args, vm))
     return 0;
   CSIPOSE_CHECK(batch > 1 && steps > 0 && warmup >= 0 && resident >= batch,
                 "train-bench: needs --batch-size > 1, --steps > 0, --warmup >= 0, --samples >= --batch-size");
-  if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+  if (threads > 0) set_cpu_threads(threads);
   const c10::Device dev = parse_device(device);
   const ModelConfig mc = resolve_model_config(preset);
   torch::manual_seed(0);
@@ -358,7 +358,7 @@ int infer_bench(const Args& args) {
       ("batch-size", po::value(&batch)->default_value(1), "batch size of every forward")
       ("iters", po::value(&iters)->default_value(200), "timed forwards")
       ("warmup", po::value(&warmup)->default_value(20), "untimed forwards first")
-      ("threads", po::value(&threads)->default_value(0), "intra-op threads (0 = all cores)")
+      ("threads", po::value(&threads)->default_value(0), "CPU threads, LibTorch's and OpenBLAS's (0 = all cores)")
       ("int8-backend", po::value(&backend)->default_value(onednn_available() ? "onednn" : "reference"),
        "int8 accumulators: onednn | reference (quant/int8_backend.h)");
   po::variables_map vm;
@@ -368,7 +368,7 @@ int infer_bench(const Args& args) {
   CSIPOSE_CHECK(batch >= 1 && iters >= 1 && warmup >= 0 && threads >= 0,
                 "infer-bench: needs --batch-size >= 1, --iters >= 1, --warmup >= 0, --threads >= 0");
   set_int8_backend(parse_int8_backend(backend));
-  if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+  if (threads > 0) set_cpu_threads(threads);
   auto model = load_eval_model(checkpoint);
   model->eval();
   const bool int8 = !prepared_hooks(*model).hooks.empty();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/device.h"
 
 namespace csipose::cli {
 
@@ -19,6 +20,12 @@ inline bool parse_options(const std::string& command, const std::string& usage, 
                           const std::vector<std::string>& args, po::variables_map& vm,
                           const std::vector<std::string>& positional = {}) {
   desc.add_options()("help,h", "show this help");
+  // Every command takes --threads unless it has its own (data synth's workers, the benches).
+  const bool common_threads = desc.find_nothrow("threads", /*approx=*/false) == nullptr;
+  if (common_threads)
+    desc.add_options()("threads", po::value<int64_t>(),
+                       "CPU threads for LibTorch / OpenMP / oneDNN and OpenBLAS (0 = all cores; default: all "
+                       "cores, or OMP_NUM_THREADS)");
   po::positional_options_description pos;
   for (const auto& p : positional) pos.add(p.c_str(), 1);
   try {
@@ -30,6 +37,7 @@ inline bool parse_options(const std::string& command, const std::string& usage, 
       return false;
     }
     po::notify(vm);
+    if (common_threads && vm.count("threads")) set_cpu_threads(vm["threads"].as<int64_t>());
   } catch (const po::error& e) {
     fail(command, ": ", e.what(), " (see csipose ", command, " --help)");
   }

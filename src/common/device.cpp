@@ -2,6 +2,10 @@
 
 #include <ATen/Parallel.h>
 
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <thread>
 
@@ -32,6 +36,37 @@ int configure_threads() {
     if (n > 0 && static_cast<unsigned>(at::get_num_threads()) < n) at::set_num_threads(static_cast<int>(n));
   }
   return at::get_num_threads();
+}
+
+int set_cpu_threads(int64_t n) {
+  CSIPOSE_CHECK(n >= 0 && n <= 4096, "--threads: expected 0 (all cores) .. 4096, got ", n);
+  if (n == 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(n));
+  // OpenBLAS is looked up at run time: it is LibTorch's BLAS on Debian (libblas.so.3 alternative),
+  // absent elsewhere (MKL builds, the pip LibTorch), where there is nothing more to set.
+  using SetThreads = void (*)(int);
+  if (auto* f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(static_cast<int>(n));
+  return at::get_num_threads();
+}
+
+std::string openblas_core_override() {
+  if (const char* forced = std::getenv("OPENBLAS_CORETYPE"); forced != nullptr) return "";
+  using CoreName = char* (*)();
+  auto* corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (corename == nullptr) return "";
+  const char* name = corename();
+  if (name == nullptr) return "";
+  std::string core(name);
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (core != "prescott" && core != "core2" && core != "nehalem" && core != "unknown") return "";
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return "";
 }
 
 std::string torch_description() {

@@ -16,6 +16,7 @@
 //
 // Selection is process-wide (set_int8_backend, `--int8-backend` of the CLI); CUDA tensors always
 // take the reference path (exact float64 GEMM on the GPU).
+#include <cstdint>
 #include <string>
 
 #include <torch/types.h>
@@ -40,5 +41,23 @@ bool use_onednn(const torch::Device& device);
 /// returns int32 (..., M, N) = a @ b, contiguous. Only with onednn_available(). The caller
 /// guarantees every partial sum fits int32 (the int8 ops' overflow bounds).
 torch::Tensor onednn_s8_gemm(const torch::Tensor& a, const torch::Tensor& b);
+
+/// The same product on caller-owned buffers (no tensors, no allocation; the fused ops' hot path):
+///   c[i * ldc + j] = sum_k a[i * lda + kk] * b[kk * b_stride_k + j * b_stride_n],  i < m, j < n,
+/// with a and c row-major and b either row-major (b_stride_n == 1) or column-major
+/// (b_stride_k == 1, e.g. a (N, K) weight read as its transpose). With batch > 1, product t reads
+/// a + t * a_batch, b + t * b_batch (0: the same b for all) and writes c + t * c_batch. Only with
+/// onednn_available().
+struct S8GemmRaw {
+  int64_t m = 0, k = 0, n = 0;
+  const int8_t* a = nullptr;
+  int64_t lda = 0;
+  const int8_t* b = nullptr;
+  int64_t b_stride_k = 0, b_stride_n = 0;
+  int32_t* c = nullptr;
+  int64_t ldc = 0;
+  int64_t batch = 1, a_batch = 0, b_batch = 0, c_batch = 0;
+};
+void onednn_s8_gemm_raw(const S8GemmRaw& g);
 
 }  // namespace csipose

@@ -1,6 +1,7 @@
 #include "quant/int8_ops.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -477,11 +478,132 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
 // ---- fused CPU path (oneDNN backend) --------------------------------------------------------------
 namespace {
 
+/// Round half to even of a float32, inline and vectorizable (std::nearbyint is an out-of-line libm
+/// call per element without SSE4.1): for |y| < 2^23, |y| + 2^23 lies in [2^23, 2^24), where the
+/// float32 spacing is 1, so the IEEE addition itself rounds |y| to an integer, ties to even (the
+/// default rounding mode, which std::nearbyint also uses), and subtracting 2^23 is exact; larger
+/// |y| are integers already. The sign is put back (so -0.3 gives -0, as nearbyint). NaN stays NaN.
+/// Exact for every float32 (tested against std::nearbyint), given IEEE float semantics (no
+/// -ffast-math, which would fold the addition away).
+inline float round_half_even_fast(float y) {
+  constexpr float kTwo23 = 8388608.0f;
+  const float a = std::fabs(y);
+  const float r = a < kTwo23 ? (a + kTwo23) - kTwo23 : a;
+  return std::copysign(r, y);
+}
+
 /// round() of a float with the contract's tie rule, as round_tensor does elementwise.
 inline float round_one(float y, Rounding r) {
-  if (r == Rounding::half_even) return std::nearbyint(y);  // default FE_TONEAREST: ties to even
+  if (r == Rounding::half_even) return round_half_even_fast(y);
   const float t = std::trunc(y);
   return t + (std::fabs(y - t) >= 0.5f ? (y > 0 ? 1.0f : -1.0f) : 0.0f);
+}
+
+// Hot loops of the fused path, half-to-even rounding (the default; half_away takes the plain
+// loops). Written branch-free so that GCC vectorizes them, and compiled for AVX-512, AVX2 and the
+// baseline ISA with the best chosen at load time (target_clones): the same IEEE float32 operations
+// in every clone (no FMA: the sources contract nothing, and -std=c++17 keeps -ffp-contract=off), so
+// every clone gives the scalar reference's bits (tested). no-trapping-math only lets GCC turn the
+// selects into vector blends (it assumes nobody inspects floating-point exception flags); it
+// changes no value.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#else
+#define CSIPOSE_SIMD_CLONES
+#endif
+
+constexpr float kTwo23f = 8388608.0f;
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+
+// Builtins and plain selects instead of std::fabs / std::min / ...: functions compiled with other
+// options (the pragma above) cannot inline the std ones, which would stop the vectorizer.
+#if defined(__GNUC__)
+inline float fabs_f(float x) { return __builtin_fabsf(x); }
+inline float copysign_f(float x, float y) { return __builtin_copysignf(x, y); }
+#else
+inline float fabs_f(float x) { return std::fabs(x); }
+inline float copysign_f(float x, float y) { return std::copysign(x, y); }
+#endif
+inline float clamp_f(float x, float lo, float hi) {
+  x = x < lo ? lo : x;
+  return x > hi ? hi : x;
+}
+
+/// round_half_even_fast with both sides computed (a select, not a branch, for the vectorizer).
+inline float round_half_even_select(float y) {
+  const float a = fabs_f(y);
+  const float r = (a + kTwo23f) - kTwo23f;
+  return copysign_f(a < kTwo23f ? r : a, y);
+}
+
+/// dst[i] = clamp(round(src[i] * inv) + zp, lo, hi); returns 0 when a value is not finite.
+CSIPOSE_SIMD_CLONES
+int quantize_span_even(const float* src, int64_t n, int8_t* dst, float inv, float zp, float lo, float hi) {
+  int finite = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = src[i];
+    finite &= fabs_f(v) <= kFloatMax ? 1 : 0;
+    const float u = clamp_f((round_half_even_select(v * inv) + zp), lo, hi);
+    dst[i] = static_cast<int8_t>(static_cast<int32_t>(u));
+  }
+  return finite;
+}
+
+/// dst[i] = dequantize(requantize(src[i] + add[i], mult[i])) for n int32 sums: add[i] is the
+/// per-element constant (bias - zero-point terms) as a 32-bit two's-complement value (the true
+/// acc + bias fits int32 by pack_weight's bound, so wrapping unsigned addition gives it exactly).
+CSIPOSE_SIMD_CLONES
+void requant_span_even(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+                       float hi, float s_out, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add[i]);
+    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult[i]) + zp), lo, hi);
+    dst[i] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+  }
+}
+
+/// The same with one add and one multiplier for the whole span (a conv output row).
+CSIPOSE_SIMD_CLONES
+void requant_span_even_uniform(const int32_t* src, uint32_t add, float mult, int64_t n, float zp, float lo, float hi,
+                               float s_out, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add);
+    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult) + zp), lo, hi);
+    dst[i] = (u - zp) * s_out;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/// The 32-bit pattern of an int64 constant that is added to int32 sums (see requant_span_even).
+inline uint32_t wrap32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v)); }
+
+/// quantize() of n contiguous float32 values into int8 with per-tensor params (the contract's
+/// float32 operations: x * (1 / s), round, + zp, clamp); false when a value is not finite.
+bool quantize_into(const float* src, int64_t n, int8_t* dst, const QuantParams& p, Rounding r) {
+  const float inv = inv_scale_of(p.scale[0]);
+  const float zp = static_cast<float>(p.zero_point[0]);
+  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    bool finite = true;
+    if (r == Rounding::half_even) {
+      finite = quantize_span_even(src + b, e - b, dst + b, inv, zp, lo, hi) != 0;
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        const float v = src[i];
+        finite &= std::fabs(v) <= std::numeric_limits<float>::max();
+        const float u = round_one(v * inv, r) + zp;
+        dst[i] = static_cast<int8_t>(u < lo ? lo : (u > hi ? hi : u));
+      }
+    }
+    if (!finite) bad.store(true);
+  });
+  return !bad.load();
 }
 
 /// quantize_tensor of a float32 CPU tensor with per-tensor params in one pass (same float32
@@ -489,23 +611,8 @@ inline float round_one(float y, Rounding r) {
 torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p, Rounding r) {
   const torch::Tensor x = x_in.contiguous();
   torch::Tensor q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
-  const float inv = inv_scale_of(p.scale[0]);
-  const float zp = static_cast<float>(p.zero_point[0]);
-  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
-  const float* src = x.data_ptr<float>();
-  int8_t* dst = q.data_ptr<int8_t>();
-  std::atomic<bool> bad{false};
-  at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
-    bool ok = true;
-    for (int64_t i = b; i < e; ++i) {
-      const float v = src[i];
-      ok = ok && std::isfinite(v);
-      const float u = round_one(v * inv, r) + zp;
-      dst[i] = static_cast<int8_t>(u < lo ? lo : (u > hi ? hi : u));
-    }
-    if (!ok) bad.store(true);
-  });
-  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  CSIPOSE_CHECK(quantize_into(x.data_ptr<float>(), x.numel(), q.data_ptr<int8_t>(), p, r),
+                "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   return q;
 }
 
@@ -536,6 +643,10 @@ torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int
       const int64_t add = (bp ? static_cast<int64_t>(bp[oi]) : 0) - (cp ? cp[oi] : 0);
       const float m = mult[static_cast<size_t>(mult.size() == 1 ? 0 : oi)];
       float* d_row = dst + row * np;
+      if (r == Rounding::half_even && strides[3] == 1) {
+        requant_span_even_uniform(s_row, wrap32(add), m, np, zp, lo, hi, s_out, d_row);
+        continue;
+      }
       for (int64_t pi = 0; pi < np; ++pi) {
         const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[pi * strides[3]]) + add);
         float u = round_one(static_cast<float>(sum) * m, r) + zp;
@@ -547,38 +658,49 @@ torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int
   return y;
 }
 
-/// The same for a linear op's raw (M, O) int32 GEMM result (channels last): returns float32 (M, O).
-torch::Tensor requantize_dequantize_rows_cpu(const torch::Tensor& raw, const torch::Tensor& comp,
-                                             const torch::Tensor& bias, const std::vector<float>& mult,
-                                             const QuantParams& out, Rounding r) {
-  const int64_t m = raw.size(0), o = raw.size(1);
-  torch::Tensor y = torch::empty({m, o}, raw.options().dtype(torch::kFloat));
-  // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64.
-  std::vector<int64_t> add(static_cast<size_t>(o), 0);
-  const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
+/// The same for a linear op's raw (M, O) int32 GEMM result (row-major, channels last), written to
+/// dst (M, O) float32.
+void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tensor& comp,
+                                const torch::Tensor& bias, const std::vector<float>& mult, const QuantParams& out,
+                                Rounding r, float* dst) {
+  // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64 and
+  // its 32-bit pattern added with wrapping gives acc + bias (see requant_span_even).
+  thread_local std::vector<int64_t> add;
+  thread_local std::vector<uint32_t> add32;
+  thread_local std::vector<float> mv;
+  add.assign(static_cast<size_t>(o), 0);
+  add32.resize(static_cast<size_t>(o));
+  mv.resize(static_cast<size_t>(o));
   const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
-  for (int64_t c = 0; c < o; ++c)
-    add[static_cast<size_t>(c)] = (bias_c.defined() ? static_cast<int64_t>(bias_c.data_ptr<int32_t>()[c]) : 0) -
-                                  (comp_c.defined() ? comp_c.data_ptr<int64_t>()[c] : 0);
-  std::vector<float> mv(static_cast<size_t>(o));
-  for (int64_t c = 0; c < o; ++c) mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
-  const int32_t* src = raw.data_ptr<int32_t>();
-  float* dst = y.data_ptr<float>();
+  const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
+  const int32_t* bp = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
+  const int64_t* cp = comp_c.defined() ? comp_c.data_ptr<int64_t>() : nullptr;
+  for (int64_t c = 0; c < o; ++c) {
+    add[static_cast<size_t>(c)] = (bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0);
+    add32[static_cast<size_t>(c)] = wrap32(add[static_cast<size_t>(c)]);
+    mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
+  }
+  const uint32_t* add32p = add32.data();
+  const int64_t* addp = add.data();
+  const float* mvp = mv.data();
   const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
   const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
-  at::parallel_for(0, m, 4, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(o, 1)), [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int32_t* s_row = src + row * o;
       float* d_row = dst + row * o;
+      if (r == Rounding::half_even) {
+        requant_span_even(s_row, add32p, mvp, o, zp, lo, hi, s_out, d_row);
+        continue;
+      }
       for (int64_t c = 0; c < o; ++c) {
-        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[c]) + add[static_cast<size_t>(c)]);
-        float u = round_one(static_cast<float>(sum) * mv[static_cast<size_t>(c)], r) + zp;
+        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[c]) + addp[c]);
+        float u = round_one(static_cast<float>(sum) * mvp[c], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
-        d_row[c] = (u - zp) * s_out;
+        d_row[c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
       }
     }
   });
-  return y;
 }
 
 }  // namespace
@@ -587,13 +709,13 @@ bool int8_fused_available(const torch::Device& device) { return use_onednn(devic
 
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {
+  RECORD_FUNCTION("csipose::int8_op_float", std::vector<c10::IValue>());
   CSIPOSE_CHECK(int8_fused_available(x.device()), "int8_op_float: the fused path needs the onednn backend on the CPU");
   check_float_tensor(x, "int8_op_float");
   check_activation_params(in_qp, "int8_op_float");
   check_activation_params(out_qp, "int8_op_float");
   check_int8_tensor(w.q, "int8_op_float");
   CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_float: input params differ from those the weight was packed for");
-  const torch::Tensor xq = quantize_cpu_fused(x, in_qp, r);
   // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
   const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
   const int64_t c_out = w.out_channels();
@@ -601,13 +723,35 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
   if (conv == nullptr) {
     CSIPOSE_CHECK(w.q.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.q.size(1), "int8_op_float: input of shape ",
                   x.sizes(), " does not fit a linear weight of shape ", w.q.sizes());
-    const int64_t k = x.size(-1);
-    const torch::Tensor raw = onednn_s8_gemm(xq.reshape({1, -1, k}), w.q.t().unsqueeze(0));  // (1, M, O)
-    torch::Tensor y = requantize_dequantize_rows_cpu(raw.reshape({raw.size(1), c_out}), comp, w.bias_q, mult, out_qp, r);
+    // Caller-owned buffers end to end (the batch-1 cost of a small layer is allocations, not
+    // arithmetic): int8 input and int32 sums in per-thread scratch, one float32 output tensor.
+    const torch::Tensor xc = x.contiguous();
+    const torch::Tensor wq = w.q.contiguous();  // packed weights are; a no-op
+    const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = c_out;
-    return y.reshape(shape);
+    torch::Tensor y = torch::empty(shape, x.options());
+    if (rows == 0) return y;
+    thread_local std::vector<int8_t> xq_buf;
+    thread_local std::vector<int32_t> acc_buf;
+    xq_buf.resize(static_cast<size_t>(rows * k));
+    acc_buf.resize(static_cast<size_t>(rows * c_out));
+    CSIPOSE_CHECK(quantize_into(xc.data_ptr<float>(), rows * k, xq_buf.data(), in_qp, r),
+                  "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+    if (k > 0) {
+      S8GemmRaw g;
+      g.m = rows, g.k = k, g.n = c_out;
+      g.a = xq_buf.data(), g.lda = k;
+      g.b = wq.data_ptr<int8_t>(), g.b_stride_k = 1, g.b_stride_n = k;  // W (O, K) read as W^T
+      g.c = acc_buf.data(), g.ldc = c_out;
+      onednn_s8_gemm_raw(g);
+    } else {
+      std::fill(acc_buf.begin(), acc_buf.end(), 0);
+    }
+    requantize_dequantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, y.data_ptr<float>());
+    return y;
   }
+  const torch::Tensor xq = quantize_cpu_fused(x, in_qp, r);
   const auto nd = static_cast<int64_t>(conv->stride.size());
   CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_float: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
   const int64_t n = x.size(0), groups = conv->groups;
@@ -629,6 +773,7 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
 
 torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
                                 const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  RECORD_FUNCTION("csipose::int8_matmul_float", std::vector<c10::IValue>());
   CSIPOSE_CHECK(int8_fused_available(a.device()) && b.device() == a.device(),
                 "int8_matmul_float: the fused path needs the onednn backend on the CPU");
   check_float_tensor(a, "int8_matmul_float");
@@ -645,22 +790,41 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   ea.insert(ea.end(), {m, k});
   eb.insert(eb.end(), {k, n});
   out.insert(out.end(), {m, n});
-  const torch::Tensor aq = quantize_cpu_fused(a.expand(ea), a_qp, r).reshape({-1, m, k});
-  const torch::Tensor bq = quantize_cpu_fused(b.expand(eb), b_qp, r).reshape({-1, k, n});
-  const torch::Tensor raw = onednn_s8_gemm(aq, bq);  // (B, M, N) int32, contiguous
-  const int64_t nb = raw.size(0);
-  torch::Tensor y = torch::empty({nb, m, n}, a.options());
+  torch::Tensor y = torch::empty(out, a.options());
+  if (y.numel() == 0) return y;
+  const int64_t nb = y.numel() / (m * n);
+  // Per-thread scratch for the int8 operands and the int32 products (no allocation per call).
+  thread_local std::vector<int8_t> aq_buf, bq_buf;
+  thread_local std::vector<int32_t> raw_buf;
+  aq_buf.resize(static_cast<size_t>(nb * m * k));
+  bq_buf.resize(static_cast<size_t>(nb * k * n));
+  raw_buf.resize(static_cast<size_t>(nb * m * n));
+  const torch::Tensor ac = a.expand(ea).contiguous(), bc = b.expand(eb).contiguous();
+  CSIPOSE_CHECK(quantize_into(ac.data_ptr<float>(), nb * m * k, aq_buf.data(), a_qp, r) &&
+                    quantize_into(bc.data_ptr<float>(), nb * k * n, bq_buf.data(), b_qp, r),
+                "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  const int8_t* ap = aq_buf.data();
+  const int8_t* bp = bq_buf.data();
+  const int32_t* rp = raw_buf.data();
+  if (k > 0) {
+    S8GemmRaw g;
+    g.m = m, g.k = k, g.n = n;
+    g.a = ap, g.lda = k, g.b = bp, g.b_stride_k = n, g.b_stride_n = 1, g.c = raw_buf.data(), g.ldc = n;
+    g.batch = nb, g.a_batch = m * k, g.b_batch = k * n, g.c_batch = m * n;
+    onednn_s8_gemm_raw(g);
+  } else {
+    std::fill(raw_buf.begin(), raw_buf.end(), 0);
+  }
   const int64_t za = a_qp.zero_point[0], zb = b_qp.zero_point[0];
   const float mult = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
   const float zo = static_cast<float>(out_qp.zero_point[0]), s_out = out_qp.scale[0];
   const float lo = static_cast<float>(out_qp.qmin), hi = static_cast<float>(out_qp.qmax);
-  const int8_t* ap = aq.data_ptr<int8_t>();
-  const int8_t* bp = bq.data_ptr<int8_t>();
-  const int32_t* rp = raw.data_ptr<int32_t>();
   float* yp = y.data_ptr<float>();
   // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, then requantize + dequantize.
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> colsum(static_cast<size_t>(n));
+    std::vector<uint32_t> add(static_cast<size_t>(n));
+    const std::vector<float> mults(static_cast<size_t>(n), mult);
     for (int64_t bi = b0; bi < b1; ++bi) {
       std::fill(colsum.begin(), colsum.end(), 0);
       for (int64_t kk = 0; kk < k; ++kk)
@@ -671,6 +835,12 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
         const int64_t c = k * za * zb - zb * rowsum;
         const int32_t* rrow = rp + (bi * m + i) * n;
         float* yrow = yp + (bi * m + i) * n;
+        if (r == Rounding::half_even) {
+          // acc fits int32 (check_matmul_bound), so the wrapped 32-bit terms add up to it exactly.
+          for (int64_t j = 0; j < n; ++j) add[static_cast<size_t>(j)] = wrap32(c - za * colsum[static_cast<size_t>(j)]);
+          requant_span_even(rrow, add.data(), mults.data(), n, zo, lo, hi, s_out, yrow);
+          continue;
+        }
         for (int64_t j = 0; j < n; ++j) {
           const int32_t acc = static_cast<int32_t>(rrow[j] - za * colsum[static_cast<size_t>(j)] + c);
           float u = round_one(static_cast<float>(acc) * mult, r) + zo;
@@ -680,7 +850,7 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
       }
     }
   });
-  return y.reshape(out);
+  return y;
 }
 
 // ---- fake-quant references -----------------------------------------------------------------------

@@ -108,6 +108,17 @@ TEST(Cli, SubcommandHelpListsOptionsAndDefaults) {
   }
 }
 
+// --threads is a common option of the commands without their own (data synth keeps its workers):
+// it is listed and range-checked with a one-line error (SynthInspectBaseline runs baseline with it).
+TEST(Cli, CommonThreadsOption) {
+  for (const char* command : {"eval", "predict", "train", "baseline"}) {
+    const RunResult help = run_csipose({command, "--help"});
+    expect_contains(help.output, {"--threads", "OpenBLAS"});
+  }
+  expect_one_line_error(run_csipose({"eval", "--threads", "5000", "--checkpoint", "c.ckpt"}), {"--threads", "5000"});
+  expect_one_line_error(run_csipose({"baseline", "--threads", "-1", "--data", "x"}), {"--threads", "-1"});
+}
+
 class CliData : public ::testing::Test {
  protected:
   void SetUp() override { testing::write_file(config_, kTinyConfig); }
@@ -157,7 +168,7 @@ TEST_F(CliData, SynthInspectBaseline) {
   EXPECT_EQ(corrupted, 6);
 
   const std::string out_json = dir_.file("reports/baselines.json");
-  const RunResult base = run_csipose({"baseline", "--data", data_, "--json", out_json});
+  const RunResult base = run_csipose({"baseline", "--data", data_, "--json", out_json, "--threads", "1"});
   ASSERT_EQ(base.exit_code, 0) << base.output;
   expect_contains(base.output, {"metric: ", "mean_pose", "ridge", "test/clean", "val/clean"});
   const Json j = Json::parse(read_text_file(out_json));

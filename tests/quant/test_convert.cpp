@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <array>
 #include <limits>
 #include <string>
 
@@ -309,6 +310,92 @@ TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
                              dequantize_tensor(int8_linear(quantize_tensor(lf, in), in, wl, out), out)));
     EXPECT_THROW(int8_op_float(torch::full({2, 40}, NAN), in, wl, out, nullptr), Error);  // non-finite refused
   }
+}
+
+/// The exact int64 product of int8 tensors (float64 GEMM of integers: exact, see int8_ops.h).
+torch::Tensor exact_product(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::matmul(a.to(torch::kDouble), b.to(torch::kDouble)).to(torch::kLong);
+}
+
+// The raw entry point (caller buffers; per-thread plans keyed by layout, handles re-pointed per
+// call) and the tensor one (batch dimensions folded into rows when b is shared) give exact
+// products for every layout the fused ops use, size-1 dimensions included, and a cached plan run
+// again on other data gives that data's product.
+TEST(Int8Backend, OnednnGemmLayoutsAreExact) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  torch::manual_seed(11);
+  for (const auto& [m, k, n] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {1, 7, 1}, {3, 5, 4}, {10, 64, 128},
+                                                                     {17, 33, 9}, {1, 342, 48}}) {
+    for (int round = 0; round < 2; ++round) {  // round 1 reuses round 0's plans on new data
+      const torch::Tensor a = random_int8({m, k});
+      const torch::Tensor w = random_int8({n, k});  // a weight (N, K), read as its transpose
+      torch::Tensor c = torch::full({m, n}, -1, torch::kInt);
+      S8GemmRaw g;
+      g.m = m, g.k = k, g.n = n, g.a = a.data_ptr<int8_t>(), g.lda = k;
+      g.b = w.data_ptr<int8_t>(), g.b_stride_k = 1, g.b_stride_n = k, g.c = c.data_ptr<int32_t>(), g.ldc = n;
+      onednn_s8_gemm_raw(g);
+      EXPECT_TRUE(torch::equal(c.to(torch::kLong), exact_product(a, w.t()))) << m << "x" << k << "x" << n;
+      // Row-major b, batched with a shared and with a per-batch b.
+      const torch::Tensor a3 = random_int8({3, m, k}), b3 = random_int8({3, k, n});
+      torch::Tensor c3 = torch::empty({3, m, n}, torch::kInt);
+      S8GemmRaw gb;
+      gb.m = m, gb.k = k, gb.n = n, gb.a = a3.data_ptr<int8_t>(), gb.lda = k, gb.b = b3.data_ptr<int8_t>();
+      gb.b_stride_k = n, gb.b_stride_n = 1, gb.c = c3.data_ptr<int32_t>(), gb.ldc = n;
+      gb.batch = 3, gb.a_batch = m * k, gb.b_batch = k * n, gb.c_batch = m * n;
+      onednn_s8_gemm_raw(gb);
+      EXPECT_TRUE(torch::equal(c3.to(torch::kLong), exact_product(a3, b3))) << "batched " << m << "x" << k << "x" << n;
+      gb.b_batch = 0;
+      onednn_s8_gemm_raw(gb);
+      EXPECT_TRUE(torch::equal(c3.to(torch::kLong), exact_product(a3, b3[0].unsqueeze(0))))
+          << "shared b " << m << "x" << k << "x" << n;
+      // Tensor form: shared b folds the batch into rows, a transposed a does not fold.
+      EXPECT_TRUE(torch::equal(onednn_s8_gemm(a3, w.t().unsqueeze(0)).to(torch::kLong),
+                               exact_product(a3, w.t().unsqueeze(0))));
+      const torch::Tensor at = random_int8({m, 3, k}).transpose(0, 1);  // rows not equally spaced
+      EXPECT_TRUE(torch::equal(onednn_s8_gemm(at, w.t().unsqueeze(0)).to(torch::kLong),
+                               exact_product(at, w.t().unsqueeze(0))));
+    }
+  }
+  S8GemmRaw bad;
+  EXPECT_THROW(onednn_s8_gemm_raw(bad), Error);  // empty geometry is refused, never run
+}
+
+// The fused path's inline rounding (add-and-subtract 2^23) against the contract at exact ties of
+// both parities, at +-0, near and beyond 2^22 / 2^23 / 2^24 and at huge values (clamped), and its
+// requantization against the reference on the same ops: bit-identical.
+TEST(Int8Backend, FusedRoundingMatchesTheReferenceAtTiesAndExtremes) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  // scale 0.5: x * (1 / s) = 2x, so x = j / 4 puts 2x on every half-integer tie j / 2.
+  const QuantParams in = QuantParams::per_tensor(0.5f, 3, -128, 127);
+  std::vector<float> xs;
+  for (int j = -600; j <= 600; ++j) xs.push_back(static_cast<float>(j) / 4.0f);
+  for (float big : {4194303.5f, 4194304.5f, 8388607.5f, 8388608.0f, 16777216.0f, 3.0e7f, 1.0e30f, 3.4e38f})
+    for (float sign : {1.0f, -1.0f}) xs.push_back(sign * big / 2.0f);
+  xs.push_back(-0.0f);
+  xs.push_back(0.2f);
+  xs.push_back(-0.2f);
+  const auto n = static_cast<int64_t>(xs.size());
+  const torch::Tensor x = torch::tensor(xs).reshape({1, n});
+  // Identity-like weight: output c reads input c, so every input's quantization shows.
+  const PackedWeight w = pack_weight(torch::eye(n) * 0.25f, torch::Tensor(), QuantSpec::weight_default(), in);
+  for (const QuantParams& out :
+       {QuantParams::per_tensor(0.25f, 0, -128, 127), QuantParams::per_tensor(0.0625f, -100, -128, 127)}) {
+    const torch::Tensor fused = int8_op_float(x, in, w, out, nullptr);
+    const torch::Tensor ref = dequantize_tensor(int8_linear(quantize_tensor(x, in), in, w, out), out);
+    EXPECT_TRUE(torch::equal(fused, ref)) << "max diff " << (fused - ref).abs().max().item<float>();
+    const torch::Tensor a = x.reshape({1, 1, n}), b = torch::tensor(xs).reshape({1, n, 1}) * 0.5f;
+    EXPECT_TRUE(torch::equal(int8_matmul_float(a, in, b, in, out),
+                             dequantize_tensor(int8_matmul(quantize_tensor(a, in), in, quantize_tensor(b, in), in, out),
+                                               out)));
+  }
+  // The quantize step alone, element by element against quantize_tensor (ties to even).
+  const torch::Tensor one = torch::eye(1) * 1.0f;
+  const PackedWeight w1 = pack_weight(one, torch::Tensor(), QuantSpec::weight_default(), in);
+  const QuantParams out1 = QuantParams::per_tensor(0.5f, 3, -128, 127);
+  const torch::Tensor col = torch::tensor(xs).reshape({n, 1});
+  EXPECT_TRUE(torch::equal(int8_op_float(col, in, w1, out1, nullptr),
+                           dequantize_tensor(int8_linear(quantize_tensor(col, in), in, w1, out1), out1)));
 }
 
 TEST(Int8Backend, WholeModelsAreBitIdenticalUnderBothBackends) {
