@@ -147,14 +147,24 @@ Int8Checkpoint load_int8_checkpoint(const std::string& path) {
     auto it = file.tensors.find("model." + name);
     if (replaced.count(t.data_ptr())) {
       CSIPOSE_CHECK(it == file.tensors.end(), path, ": ", name, " is stored as float but belongs to an int8 op");
-      torch::NoGradGuard no_grad;
-      if (t.is_floating_point()) t.fill_(std::numeric_limits<float>::quiet_NaN());  // unused in int8 mode
-      continue;
+      continue;  // unused in int8 mode: the op runs its packed int8 weight (dropped below)
     }
     if (it == file.tensors.end()) missing.push_back(name);
     else float_state.emplace(name, it->second);
   }
   CSIPOSE_CHECK(missing.empty(), path, ": int8 model lacks ", missing.size(), " float tensors, e.g. ", missing.front());
+  {
+    // The int8 ops' float tensors keep their shapes but become stride-0 views of one NaN: the
+    // loaded model holds those weights as int8 only (the constructor's float storage is freed),
+    // and any accidental read shows up as NaN.
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> held;
+    for (const auto& p : out.model->parameters(/*recurse=*/true)) held.push_back(p);
+    for (const auto& b : out.model->buffers(/*recurse=*/true)) held.push_back(b);
+    for (torch::Tensor& t : held)
+      if (t.is_floating_point() && replaced.count(t.data_ptr()))
+        t.set_(torch::full({1}, std::numeric_limits<float>::quiet_NaN(), t.options()).expand(t.sizes()));
+  }
   try {
     load_state_dict(*out.model, float_state, /*strict=*/false);
   } catch (const Error& e) {
