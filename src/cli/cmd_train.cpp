@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <cstdio>
 #include <filesystem>
@@ -334,7 +335,10 @@ int train_bench(const Args& args) {
   j.set("impl", "csipose").set("model", preset).set("device", dev.str()).set("batch_size", batch).set("steps", steps);
   j.set("warmup", warmup).set("threads", static_cast<int64_t>(torch::get_num_threads()));
   j.set("samples_per_s", static_cast<double>(steps * batch) / secs).set("step_ms", 1000.0 * secs / static_cast<double>(steps));
-  j.set("torch", TORCH_VERSION);
+  // The OpenBLAS kernels the fp32 GEMMs ran with (main() may have forced them; see
+  // openblas_core_override): benchmarks give the Python side the same.
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
   std::cout << j.dump() << std::endl;
   return 0;
 }
@@ -403,7 +407,10 @@ int infer_bench(const Args& args) {
   j.set("threads", static_cast<int64_t>(torch::get_num_threads()));
   j.set("p50_ms", pct(0.5)).set("p90_ms", pct(0.9)).set("samples_per_s", static_cast<double>(iters * batch) / secs);
   j.set("peak_rss_kib", peak_rss_kib()).set("model_rss_kib", status_kib("VmRSS:") - rss_before);
-  j.set("torch", TORCH_VERSION);
+  // The OpenBLAS kernels the fp32 GEMMs ran with (main() may have forced them; see
+  // openblas_core_override): benchmarks give the Python side the same.
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
   std::cout << j.dump() << std::endl;
   return 0;
 }
