@@ -606,6 +606,42 @@ bool quantize_into(const float* src, int64_t n, int8_t* dst, const QuantParams& 
   return !bad.load();
 }
 
+/// quantize() of every element of a float32 CPU tensor of any layout (views, transposes, expanded
+/// dimensions) into dst in row-major order, without a contiguous copy first: rows along the last
+/// dimension, each a contiguous span when its stride is 1. False when a value is not finite.
+bool quantize_strided_into(const torch::Tensor& x, int8_t* dst, const QuantParams& p, Rounding r) {
+  if (x.is_contiguous()) return quantize_into(x.data_ptr<float>(), x.numel(), dst, p, r);
+  const int64_t nd = x.dim(), len = x.size(nd - 1), step = x.stride(nd - 1);
+  const int64_t rows = len == 0 ? 0 : x.numel() / len;
+  const float* base = x.data_ptr<float>();
+  const float inv = inv_scale_of(p.scale[0]);
+  const float zp = static_cast<float>(p.zero_point[0]);
+  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  bool finite = true;
+  std::vector<int64_t> idx(static_cast<size_t>(std::max<int64_t>(nd - 1, 0)), 0);
+  for (int64_t row = 0; row < rows; ++row) {
+    int64_t off = 0;
+    for (int64_t d = 0; d + 1 < nd; ++d) off += idx[static_cast<size_t>(d)] * x.stride(d);
+    const float* src = base + off;
+    int8_t* out = dst + row * len;
+    if (step == 1 && r == Rounding::half_even) {
+      finite = quantize_span_even(src, len, out, inv, zp, lo, hi) != 0 && finite;
+    } else {
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = src[i * step];
+        finite = finite && std::isfinite(v);
+        const float u = round_one(v * inv, r) + zp;
+        out[i] = static_cast<int8_t>(u < lo ? lo : (u > hi ? hi : u));
+      }
+    }
+    for (int64_t d = nd - 2; d >= 0; --d) {  // next row index (odometer)
+      if (++idx[static_cast<size_t>(d)] < x.size(d)) break;
+      idx[static_cast<size_t>(d)] = 0;
+    }
+  }
+  return finite;
+}
+
 /// quantize_tensor of a float32 CPU tensor with per-tensor params in one pass (same float32
 /// operations, so the same bits); throws for a non-finite value as quantize_tensor does.
 torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p, Rounding r) {
@@ -799,9 +835,9 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   aq_buf.resize(static_cast<size_t>(nb * m * k));
   bq_buf.resize(static_cast<size_t>(nb * k * n));
   raw_buf.resize(static_cast<size_t>(nb * m * n));
-  const torch::Tensor ac = a.expand(ea).contiguous(), bc = b.expand(eb).contiguous();
-  CSIPOSE_CHECK(quantize_into(ac.data_ptr<float>(), nb * m * k, aq_buf.data(), a_qp, r) &&
-                    quantize_into(bc.data_ptr<float>(), nb * k * n, bq_buf.data(), b_qp, r),
+  // Attention operands are transposed / expanded views: quantized in place of a contiguous copy.
+  CSIPOSE_CHECK(quantize_strided_into(a.expand(ea), aq_buf.data(), a_qp, r) &&
+                    quantize_strided_into(b.expand(eb), bq_buf.data(), b_qp, r),
                 "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   const int8_t* ap = aq_buf.data();
   const int8_t* bp = bq_buf.data();

@@ -301,6 +301,11 @@ TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
     const torch::Tensor want_mm =
         dequantize_tensor(int8_matmul(quantize_tensor(af, in), in, quantize_tensor(bf, b_qp), b_qp, out), out);
     EXPECT_TRUE(torch::equal(int8_matmul_float(af, in, bf, b_qp, out), want_mm)) << "zp " << zp;
+    // Transposed operands (attention's k^T) are quantized without a copy, to the same bits.
+    const torch::Tensor at = (torch::randn({2, 3, 9, 7}) * 2).transpose(-2, -1), bt = torch::randn({3, 5, 9}).transpose(-2, -1);
+    EXPECT_TRUE(torch::equal(int8_matmul_float(at, in, bt, b_qp, out),
+                             dequantize_tensor(int8_matmul(quantize_tensor(at, in), in, quantize_tensor(bt, b_qp), b_qp,
+                                                           out), out))) << "zp " << zp;
     const torch::Tensor xf = torch::randn({2, 8, 19}) * 2;
     const Int8Conv g1{{2}, {2}, {2}, 2};
     EXPECT_TRUE(torch::equal(int8_op_float(xf, in, w1, out, &g1),
