@@ -483,8 +483,8 @@ namespace {
 /// float32 spacing is 1, so the IEEE addition itself rounds |y| to an integer, ties to even (the
 /// default rounding mode, which std::nearbyint also uses), and subtracting 2^23 is exact; larger
 /// |y| are integers already. The sign is put back (so -0.3 gives -0, as nearbyint). NaN stays NaN.
-/// Exact for every float32 (tested against std::nearbyint), given IEEE float semantics (no
-/// -ffast-math, which would fold the addition away).
+/// Exact for every float32 given IEEE float semantics (no -ffast-math, which would fold the
+/// addition away); tested against the reference at ties of both parities and extremes.
 inline float round_half_even_fast(float y) {
   constexpr float kTwo23 = 8388608.0f;
   const float a = std::fabs(y);
@@ -502,10 +502,10 @@ inline float round_one(float y, Rounding r) {
 // Hot loops of the fused path, half-to-even rounding (the default; half_away takes the plain
 // loops). Written branch-free so that GCC vectorizes them, and compiled for AVX-512, AVX2 and the
 // baseline ISA with the best chosen at load time (target_clones): the same IEEE float32 operations
-// in every clone (no FMA: the sources contract nothing, and -std=c++17 keeps -ffp-contract=off), so
-// every clone gives the scalar reference's bits (tested). no-trapping-math only lets GCC turn the
-// selects into vector blends (it assumes nobody inspects floating-point exception flags); it
-// changes no value.
+// in every clone (none of the three targets enables FMA, and no expression has an a * b + c shape
+// to contract), so every clone gives the reference's bits (tested on the clone this machine picks).
+// no-trapping-math only lets GCC turn the selects into vector blends (it assumes nobody inspects
+// floating-point exception flags); it changes no value.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CSIPOSE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #pragma GCC push_options
