@@ -279,7 +279,7 @@ int train_bench(const Args& args) {
       ("steps", po::value(&steps)->default_value(30), "timed training steps")
       ("warmup", po::value(&warmup)->default_value(5), "untimed steps first")
       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda | cuda:N")
-      ("threads", po::value(&threads)->default_value(0), "CPU threads, LibTorch's and OpenBLAS's (0 = LibTorch default)")
+      ("threads", po::value(&threads)->default_value(0), "LibTorch's CPU threads; OpenBLAS keeps one (0 = LibTorch default)")
       ("samples", po::value(&resident)->default_value(2048), "size of the resident synthetic set");
   po::variables_map vm;
   if (!parse_options("train-bench", "--model PRESET [--batch-size 64] [--steps 30] [--device cpu|cuda]", desc, args, vm))
@@ -339,6 +339,7 @@ int train_bench(const Args& args) {
   // openblas_core_override): benchmarks give the Python side the same.
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
+  j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
   std::cout << j.dump() << std::endl;
   return 0;
 }
@@ -364,7 +365,7 @@ int infer_bench(const Args& args) {
       ("batch-size", po::value(&batch)->default_value(1), "batch size of every forward")
       ("iters", po::value(&iters)->default_value(200), "timed forwards")
       ("warmup", po::value(&warmup)->default_value(20), "untimed forwards first")
-      ("threads", po::value(&threads)->default_value(0), "CPU threads, LibTorch's and OpenBLAS's (0 = all cores)")
+      ("threads", po::value(&threads)->default_value(0), "LibTorch's CPU threads; OpenBLAS keeps one (0 = all cores)")
       ("int8-backend", po::value(&backend)->default_value(onednn_available() ? "onednn" : "reference"),
        "int8 accumulators: onednn | reference (quant/int8_backend.h)");
   po::variables_map vm;
@@ -413,6 +414,7 @@ int infer_bench(const Args& args) {
   // openblas_core_override): benchmarks give the Python side the same.
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
+  j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
   std::cout << j.dump() << std::endl;
   return 0;
 }

@@ -24,8 +24,8 @@ inline bool parse_options(const std::string& command, const std::string& usage, 
   const bool common_threads = desc.find_nothrow("threads", /*approx=*/false) == nullptr;
   if (common_threads)
     desc.add_options()("threads", po::value<int64_t>(),
-                       "CPU threads for LibTorch / OpenMP / oneDNN and OpenBLAS (0 = all cores; default: all "
-                       "cores, or OMP_NUM_THREADS)");
+                       "CPU threads of LibTorch / OpenMP / oneDNN (0 = all cores; default: all cores, or "
+                       "OMP_NUM_THREADS); OpenBLAS keeps one thread unless OPENBLAS_NUM_THREADS is set");
   po::positional_options_description pos;
   for (const auto& p : positional) pos.add(p.c_str(), 1);
   try {

@@ -29,12 +29,25 @@ c10::Device parse_device(const std::string& text) {
   fail("--device: unknown value \"", text, "\"; expected one of: cpu, cuda, cuda:N, auto");
 }
 
+namespace {
+
+/// OpenBLAS's entry points, looked up at run time: it is LibTorch's BLAS on Debian (libblas.so.3
+/// alternative) and absent elsewhere (MKL builds, the pip LibTorch), where there is nothing to set.
+void pin_openblas_threads() {
+  if (const char* env = std::getenv("OPENBLAS_NUM_THREADS"); env != nullptr && *env != '\0') return;
+  using SetThreads = void (*)(int);
+  if (auto* f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
+}
+
+}  // namespace
+
 int configure_threads() {
   const char* env = std::getenv("OMP_NUM_THREADS");
   if (env == nullptr || *env == '\0') {
     const unsigned n = std::thread::hardware_concurrency();
     if (n > 0 && static_cast<unsigned>(at::get_num_threads()) < n) at::set_num_threads(static_cast<int>(n));
   }
+  pin_openblas_threads();
   return at::get_num_threads();
 }
 
@@ -42,11 +55,14 @@ int set_cpu_threads(int64_t n) {
   CSIPOSE_CHECK(n >= 0 && n <= 4096, "--threads: expected 0 (all cores) .. 4096, got ", n);
   if (n == 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(n));
-  // OpenBLAS is looked up at run time: it is LibTorch's BLAS on Debian (libblas.so.3 alternative),
-  // absent elsewhere (MKL builds, the pip LibTorch), where there is nothing more to set.
-  using SetThreads = void (*)(int);
-  if (auto* f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(static_cast<int>(n));
+  pin_openblas_threads();
   return at::get_num_threads();
+}
+
+int openblas_threads() {
+  using GetThreads = int (*)();
+  auto* f = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return f != nullptr ? f() : 0;
 }
 
 std::string openblas_core_override() {

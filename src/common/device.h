@@ -13,13 +13,18 @@ c10::Device parse_device(const std::string& text);
 /// True when LibTorch was built with CUDA and a device is visible.
 bool cuda_available();
 /// Uses every core for intra-op parallelism unless OMP_NUM_THREADS says otherwise: Debian's
-/// OpenMP LibTorch otherwise starts with one thread on some machines. Returns the thread count.
+/// OpenMP LibTorch otherwise starts with one thread on some machines. Also pins OpenBLAS to one
+/// thread (see set_cpu_threads). Returns the thread count.
 int configure_threads();
-/// Sets the CPU threads of everything that computes on the CPU: LibTorch's intra-op pool (OpenMP,
-/// which oneDNN shares) and OpenBLAS's own pthread pool (Debian's LibTorch calls OpenBLAS for fp32
-/// GEMMs, and at::set_num_threads does not reach it: a "one thread" fp32 run would otherwise still
-/// multiply on every core). n = 0 means all cores. Returns the thread count now in effect.
+/// Sets the CPU threads: LibTorch's intra-op pool (OpenMP, which oneDNN shares) gets n, and
+/// OpenBLAS (Debian's LibTorch calls it for fp32 GEMMs; at::set_num_threads does not reach its
+/// own pthread pool) gets one, unless OPENBLAS_NUM_THREADS is set. Two pools spinning on the
+/// same cores slowed a pose_micro training step 3x on the 2-core VM (1,240 samples/s with both at
+/// two threads against 3,765 with one thread); GEMMs called inside OpenMP regions gain nothing
+/// from a second pool. n = 0 means all cores. Returns LibTorch's thread count now in effect.
 int set_cpu_threads(int64_t n);
+/// OpenBLAS's thread count, or 0 when no OpenBLAS is loaded.
+int openblas_threads();
 /// OpenBLAS 0.3.21 (Debian 12) does not recognise some newer x86 CPUs (this project's Xeon VMs
 /// among them) and falls back to its Prescott (SSE3) kernels, which run fp32 GEMMs 2-3x slower
 /// than its AVX-512 ones. When the loaded OpenBLAS reports such a generic core while the CPU has
