@@ -19,8 +19,8 @@ int configure_threads();
 /// Sets the CPU threads: LibTorch's intra-op pool (OpenMP, which oneDNN shares) gets n, and
 /// OpenBLAS (Debian's LibTorch calls it for fp32 GEMMs; at::set_num_threads does not reach its
 /// own pthread pool) gets one, unless OPENBLAS_NUM_THREADS is set. Two pools spinning on the
-/// same cores slowed a pose_micro training step 3x on the 2-core VM (1,240 samples/s with both at
-/// two threads against 3,765 with one thread); GEMMs called inside OpenMP regions gain nothing
+/// same cores slowed a two-thread pose_micro training step 4x on the 2-core VM (1,240 samples/s,
+/// against 5,224 with OpenBLAS at one thread); GEMMs called inside OpenMP regions gain nothing
 /// from a second pool. n = 0 means all cores. Returns LibTorch's thread count now in effect.
 int set_cpu_threads(int64_t n);
 /// OpenBLAS's thread count, or 0 when no OpenBLAS is loaded.
