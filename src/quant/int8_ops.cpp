@@ -763,7 +763,9 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
     // arithmetic): int8 input and int32 sums in per-thread scratch, one float32 output tensor.
     const torch::Tensor xc = x.contiguous();
     const torch::Tensor wq = w.q.contiguous();  // packed weights are; a no-op
-    const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
+    const int64_t k = x.size(-1);
+    int64_t rows = 1;  // product of the leading dimensions (numel / k fails for k == 0)
+    for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = c_out;
     torch::Tensor y = torch::empty(shape, x.options());
