@@ -838,16 +838,22 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   bq_buf.resize(static_cast<size_t>(nb * k * n));
   raw_buf.resize(static_cast<size_t>(nb * m * n));
   // Attention operands are transposed / expanded views: quantized in place of a contiguous copy.
+  // A b that is the transpose of a row-major tensor (k^T in Q K^T) is quantized in its own order
+  // (contiguous reads) and handed to oneDNN as column-major.
+  const torch::Tensor be = b.expand(eb);
+  const bool b_colmajor = k > 1 && n > 1 && be.stride(-2) == 1 && be.stride(-1) == k;
   CSIPOSE_CHECK(quantize_strided_into(a.expand(ea), aq_buf.data(), a_qp, r) &&
-                    quantize_strided_into(b.expand(eb), bq_buf.data(), b_qp, r),
+                    quantize_strided_into(b_colmajor ? be.transpose(-2, -1) : be, bq_buf.data(), b_qp, r),
                 "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   const int8_t* ap = aq_buf.data();
   const int8_t* bp = bq_buf.data();
   const int32_t* rp = raw_buf.data();
+  // Element (kk, j) of product bi's b in the scratch layout.
+  const int64_t bsk = b_colmajor ? 1 : n, bsn = b_colmajor ? k : 1;
   if (k > 0) {
     S8GemmRaw g;
     g.m = m, g.k = k, g.n = n;
-    g.a = ap, g.lda = k, g.b = bp, g.b_stride_k = n, g.b_stride_n = 1, g.c = raw_buf.data(), g.ldc = n;
+    g.a = ap, g.lda = k, g.b = bp, g.b_stride_k = bsk, g.b_stride_n = bsn, g.c = raw_buf.data(), g.ldc = n;
     g.batch = nb, g.a_batch = m * k, g.b_batch = k * n, g.c_batch = m * n;
     onednn_s8_gemm_raw(g);
   } else {
@@ -865,8 +871,9 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
     const std::vector<float> mults(static_cast<size_t>(n), mult);
     for (int64_t bi = b0; bi < b1; ++bi) {
       std::fill(colsum.begin(), colsum.end(), 0);
+      const int8_t* bb = bp + bi * k * n;
       for (int64_t kk = 0; kk < k; ++kk)
-        for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bp[(bi * k + kk) * n + j];
+        for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bb[kk * bsk + j * bsn];
       for (int64_t i = 0; i < m; ++i) {
         int64_t rowsum = 0;
         for (int64_t kk = 0; kk < k; ++kk) rowsum += ap[(bi * m + i) * k + kk];
