@@ -154,7 +154,9 @@ int predict(const Args& args) {
                 ": expected float32 or float64, got ", x.scalar_type());
   ck.model->to(device);
   ck.model->eval();
-  torch::NoGradGuard no_grad;
+  // A freshly loaded model that is only run forward: inference mode skips autograd's bookkeeping
+  // (version counters, grad metadata) that NoGradGuard still pays per op.
+  c10::InferenceMode inference;
   std::vector<torch::Tensor> outs;
   for (int64_t s = 0; s < x.size(0); s += batch) {
     auto xb = x.slice(0, s, std::min(x.size(0), s + batch)).to(torch::kFloat32);

@@ -386,7 +386,8 @@ int infer_bench(const Args& args) {
   for (int64_t d : model->input_shape()) shape.push_back(d);
   torch::manual_seed(0);
   const torch::Tensor x = torch::rand(shape);
-  torch::NoGradGuard no_grad;
+  // As `predict` runs: inference mode, no autograd bookkeeping per op.
+  c10::InferenceMode inference;
   for (int64_t i = 0; i < warmup; ++i) (void)model->forward(x);
   std::vector<double> ms;
   ms.reserve(static_cast<size_t>(iters));
