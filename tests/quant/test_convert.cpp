@@ -13,6 +13,8 @@
 #include <string>
 
 #include "common/check.h"
+#include "common/json.h"
+#include "data/npy_torch.h"
 #include "models/int8_checkpoint.h"
 #include "models/pose_model.h"
 #include "models/registry.h"
@@ -239,6 +241,46 @@ TEST(ConvertModel, PoseTransformerInt8FollowsFakeQuant) {
   save_int8_checkpoint(tmp.file("p.csq"), c.config, QuantPolicy{}, *c.model, {{"metric", "m"}});
   torch::NoGradGuard g;
   EXPECT_TRUE(torch::equal(load_int8_checkpoint(tmp.file("p.csq")).model->forward(c.x), c.int8));
+}
+
+// `predict` on a .csq gives the in-memory int8 model's outputs bit for bit (it runs under inference
+// mode), and `infer-bench` reports what the benchmarks read: the numerics, the thread setup,
+// latencies, throughput from the median forward, and the memory figures.
+TEST(ConvertModel, PredictAndInferBenchRunCsqFiles) {
+  const Converted c = convert_preset("pose_nano", 24);
+  TempDir tmp;
+  save_int8_checkpoint(tmp.file("p.csq"), c.config, QuantPolicy{}, *c.model, {{"metric", "m"}});
+  save_npy(tmp.file("x.npy"), c.x);
+  auto r = testing::run_csipose({"predict", "--checkpoint", tmp.file("p.csq"), "--input", tmp.file("x.npy"), "--output",
+                                 tmp.file("y.npy"), "--batch-size", "8", "--threads", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(torch::equal(load_npy(tmp.file("y.npy")), c.int8));
+  // Other batch sizes: the float ops' vectorized bodies and scalar tails (sigmoid, softmax) round
+  // the last bit differently, so within float rounding.
+  r = testing::run_csipose({"predict", "--checkpoint", tmp.file("p.csq"), "--input", tmp.file("x.npy"), "--output",
+                            tmp.file("y3.npy"), "--batch-size", "3", "--threads", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LT((load_npy(tmp.file("y3.npy")) - c.int8).abs().max().item<float>(), 1e-6f);
+  for (const std::string backend : {"onednn", "reference"}) {
+    if (backend == "onednn" && !onednn_available()) continue;
+    r = testing::run_csipose({"infer-bench", "--checkpoint", tmp.file("p.csq"), "--iters", "5", "--warmup", "1",
+                              "--threads", "1", "--int8-backend", backend});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const Json j = Json::parse(r.output.substr(r.output.find('{')));
+    EXPECT_EQ(j.at("numerics").as_string(), "int8");
+    EXPECT_EQ(j.at("int8_backend").as_string(), backend);
+    EXPECT_EQ(j.at("threads").as_int(), 1);
+    EXPECT_LE(j.at("openblas_threads").as_int(), 1);  // 0 without OpenBLAS, else pinned to one
+    const double p50 = j.at("p50_ms").as_double();
+    EXPECT_GT(p50, 0.0);
+    EXPECT_GE(j.at("p90_ms").as_double(), p50);
+    EXPECT_NEAR(j.at("samples_per_s").as_double(), 1000.0 / p50, 1e-6 * 1000.0 / p50);
+    EXPECT_GT(j.at("peak_rss_kib").as_int(), 0);
+    EXPECT_GT(j.at("model_rss_kib").as_int(), 0);
+  }
+  const testing::RunResult bad = testing::run_csipose({"infer-bench", "--checkpoint", tmp.file("p.csq"), "--int8-backend", "fast"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("expected reference or onednn"), std::string::npos) << bad.output;
 }
 
 // ---- int8 backends ---------------------------------------------------------------------------------
