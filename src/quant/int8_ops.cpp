@@ -865,7 +865,10 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   const float lo = static_cast<float>(out_qp.qmin), hi = static_cast<float>(out_qp.qmax);
   float* yp = y.data_ptr<float>();
   // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, then requantize + dequantize.
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+  // Products per task from their size: a batch-1 attention (two 10x10 heads) stays on the caller's
+  // thread instead of paying an OpenMP region for microseconds of work.
+  const int64_t work = m * n + k * (m + n);
+  at::parallel_for(0, nb, std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)), [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> colsum(static_cast<size_t>(n));
     std::vector<uint32_t> add(static_cast<size_t>(n));
     const std::vector<float> mults(static_cast<size_t>(n), mult);
