@@ -269,6 +269,17 @@ int evaluate(const Args& args) {
   return 0;
 }
 
+namespace {
+/// The bench JSON's runtime facts: LibTorch's version and the OpenBLAS kernels and threads the fp32
+/// GEMMs ran with (main() may have forced the kernels; see openblas_core_override), which the
+/// benchmark scripts hand to the Python side.
+void set_runtime_fields(Json& j) {
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
+  j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
+}
+}  // namespace
+
 int train_bench(const Args& args) {
   po::options_description desc("options");
   std::string preset, device;
@@ -335,11 +346,7 @@ int train_bench(const Args& args) {
   j.set("impl", "csipose").set("model", preset).set("device", dev.str()).set("batch_size", batch).set("steps", steps);
   j.set("warmup", warmup).set("threads", static_cast<int64_t>(torch::get_num_threads()));
   j.set("samples_per_s", static_cast<double>(steps * batch) / secs).set("step_ms", 1000.0 * secs / static_cast<double>(steps));
-  // The OpenBLAS kernels the fp32 GEMMs ran with (main() may have forced them; see
-  // openblas_core_override): benchmarks give the Python side the same.
-  const char* core = std::getenv("OPENBLAS_CORETYPE");
-  j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
-  j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
+  set_runtime_fields(j);
   std::cout << j.dump() << std::endl;
   return 0;
 }
@@ -411,11 +418,7 @@ int infer_bench(const Args& args) {
   j.set("p50_ms", pct(0.5)).set("p90_ms", pct(0.9)).set("samples_per_s", 1000.0 * static_cast<double>(batch) / pct(0.5));
   j.set("mean_samples_per_s", static_cast<double>(iters * batch) / secs);
   j.set("peak_rss_kib", peak_rss_kib()).set("model_rss_kib", status_kib("VmRSS:") - rss_before);
-  // The OpenBLAS kernels the fp32 GEMMs ran with (main() may have forced them; see
-  // openblas_core_override): benchmarks give the Python side the same.
-  const char* core = std::getenv("OPENBLAS_CORETYPE");
-  j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
-  j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
+  set_runtime_fields(j);
   std::cout << j.dump() << std::endl;
   return 0;
 }

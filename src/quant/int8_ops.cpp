@@ -103,6 +103,18 @@ void check_matmul_bound(const char* op, int64_t k, const QuantParams& a_qp, cons
                 bound, " exceeds 2^31 - 1)");
 }
 
+/// Common checks of a product of two activations (int8_matmul, int8_matmul_float): the three
+/// per-tensor params, shapes that multiply, and the int32 bound for the inner dimension.
+void check_matmul_operands(const char* op, const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                           const QuantParams& b_qp, const QuantParams& out_qp) {
+  check_activation_params(a_qp, op);
+  check_activation_params(b_qp, op);
+  check_activation_params(out_qp, op);
+  CSIPOSE_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), op, ": shapes ", a.sizes(), " and ",
+                b.sizes(), " do not multiply");
+  check_matmul_bound(op, a.size(-1), a_qp, b_qp);
+}
+
 /// Common checks of an int8 op with a packed weight: activation dtype and params, device, the
 /// input params the weight was packed for.
 void check_op(const char* op, const torch::Tensor& x_q, const QuantParams& in_qp, const PackedWeight& w,
@@ -439,14 +451,9 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
                           const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
   check_int8_tensor(a_q, "int8_matmul");
   check_int8_tensor(b_q, "int8_matmul");
-  check_activation_params(a_qp, "int8_matmul");
-  check_activation_params(b_qp, "int8_matmul");
-  check_activation_params(out_qp, "int8_matmul");
-  CSIPOSE_CHECK(a_q.dim() >= 2 && b_q.dim() >= 2 && a_q.size(-1) == b_q.size(-2), "int8_matmul: shapes ", a_q.sizes(),
-                " and ", b_q.sizes(), " do not multiply");
+  check_matmul_operands("int8_matmul", a_q, a_qp, b_q, b_qp, out_qp);
   CSIPOSE_CHECK(a_q.device() == b_q.device(), "int8_matmul: operands on ", a_q.device(), " and ", b_q.device());
   const int64_t k = a_q.size(-1);
-  check_matmul_bound("int8_matmul", k, a_qp, b_qp);
   torch::Tensor acc;
   if (use_onednn(a_q.device())) {
     // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, over broadcast batches.
@@ -477,27 +484,6 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
 
 // ---- fused CPU path (oneDNN backend) --------------------------------------------------------------
 namespace {
-
-/// Round half to even of a float32, inline and vectorizable (std::nearbyint is an out-of-line libm
-/// call per element without SSE4.1): for |y| < 2^23, |y| + 2^23 lies in [2^23, 2^24), where the
-/// float32 spacing is 1, so the IEEE addition itself rounds |y| to an integer, ties to even (the
-/// default rounding mode, which std::nearbyint also uses), and subtracting 2^23 is exact; larger
-/// |y| are integers already. The sign is put back (so -0.3 gives -0, as nearbyint). NaN stays NaN.
-/// Exact for every float32 given IEEE float semantics (no -ffast-math, which would fold the
-/// addition away); tested against the reference at ties of both parities and extremes.
-inline float round_half_even_fast(float y) {
-  constexpr float kTwo23 = 8388608.0f;
-  const float a = std::fabs(y);
-  const float r = a < kTwo23 ? (a + kTwo23) - kTwo23 : a;
-  return std::copysign(r, y);
-}
-
-/// round() of a float with the contract's tie rule, as round_tensor does elementwise.
-inline float round_one(float y, Rounding r) {
-  if (r == Rounding::half_even) return round_half_even_fast(y);
-  const float t = std::trunc(y);
-  return t + (std::fabs(y - t) >= 0.5f ? (y > 0 ? 1.0f : -1.0f) : 0.0f);
-}
 
 // Hot loops of the fused path, half-to-even rounding (the default; half_away takes the plain
 // loops). Written branch-free so that GCC vectorizes them, and compiled for AVX-512, AVX2 and the
@@ -531,7 +517,14 @@ inline float clamp_f(float x, float lo, float hi) {
   return x > hi ? hi : x;
 }
 
-/// round_half_even_fast with both sides computed (a select, not a branch, for the vectorizer).
+/// Round half to even of a float32, inline and vectorizable (std::nearbyint is an out-of-line libm
+/// call per element without SSE4.1): for |y| < 2^23, |y| + 2^23 lies in [2^23, 2^24), where the
+/// float32 spacing is 1, so the IEEE addition itself rounds |y| to an integer, ties to even (the
+/// default rounding mode, which std::nearbyint also uses), and subtracting 2^23 is exact; larger
+/// |y| are integers already (both sides are computed and selected, for the vectorizer). The sign is
+/// put back (so -0.3 gives -0, as nearbyint); NaN stays NaN. Exact for every float32 given IEEE
+/// float semantics (no -ffast-math, which would fold the addition away); tested against the
+/// reference at ties of both parities and extremes.
 inline float round_half_even_select(float y) {
   const float a = fabs_f(y);
   const float r = (a + kTwo23f) - kTwo23f;
@@ -578,6 +571,13 @@ void requant_span_even_uniform(const int32_t* src, uint32_t add, float mult, int
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+/// round() of a float with the contract's tie rule, as round_tensor does elementwise.
+inline float round_one(float y, Rounding r) {
+  if (r == Rounding::half_even) return round_half_even_select(y);
+  const float t = std::trunc(y);
+  return t + (std::fabs(y - t) >= 0.5f ? (y > 0 ? 1.0f : -1.0f) : 0.0f);
+}
 
 /// The 32-bit pattern of an int64 constant that is added to int32 sums (see requant_span_even).
 inline uint32_t wrap32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v)); }
@@ -701,10 +701,8 @@ void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const 
                                 Rounding r, float* dst) {
   // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64 and
   // its 32-bit pattern added with wrapping gives acc + bias (see requant_span_even).
-  thread_local std::vector<int64_t> add;
   thread_local std::vector<uint32_t> add32;
   thread_local std::vector<float> mv;
-  add.assign(static_cast<size_t>(o), 0);
   add32.resize(static_cast<size_t>(o));
   mv.resize(static_cast<size_t>(o));
   const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
@@ -712,12 +710,10 @@ void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const 
   const int32_t* bp = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
   const int64_t* cp = comp_c.defined() ? comp_c.data_ptr<int64_t>() : nullptr;
   for (int64_t c = 0; c < o; ++c) {
-    add[static_cast<size_t>(c)] = (bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0);
-    add32[static_cast<size_t>(c)] = wrap32(add[static_cast<size_t>(c)]);
+    add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
     mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
   }
   const uint32_t* add32p = add32.data();
-  const int64_t* addp = add.data();
   const float* mvp = mv.data();
   const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
   const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
@@ -730,7 +726,7 @@ void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const 
         continue;
       }
       for (int64_t c = 0; c < o; ++c) {
-        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[c]) + addp[c]);
+        const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(s_row[c]) + add32p[c]);
         float u = round_one(static_cast<float>(sum) * mvp[c], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
         d_row[c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
@@ -816,13 +812,8 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
                 "int8_matmul_float: the fused path needs the onednn backend on the CPU");
   check_float_tensor(a, "int8_matmul_float");
   check_float_tensor(b, "int8_matmul_float");
-  check_activation_params(a_qp, "int8_matmul_float");
-  check_activation_params(b_qp, "int8_matmul_float");
-  check_activation_params(out_qp, "int8_matmul_float");
-  CSIPOSE_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "int8_matmul_float: shapes ", a.sizes(),
-                " and ", b.sizes(), " do not multiply");
+  check_matmul_operands("int8_matmul_float", a, a_qp, b, b_qp, out_qp);
   const int64_t k = a.size(-1), m = a.size(-2), n = b.size(-1);
-  check_matmul_bound("int8_matmul_float", k, a_qp, b_qp);
   const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
   std::vector<int64_t> ea = batch, eb = batch, out = batch;
   ea.insert(ea.end(), {m, k});
