@@ -277,6 +277,7 @@ void set_runtime_fields(Json& j) {
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
   j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
+  j.set("malloc", allocator_description());
 }
 }  // namespace
 

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
     return words.empty() ? 2 : 0;
   }
   try {
+    csipose::configure_allocator();
     csipose::configure_threads();
     // CSIPOSE_INT8_BACKEND=reference|onednn picks who computes the int8 ops' integer sums for any
     // command (the outputs are bit-identical either way; quant/int8_backend.h).

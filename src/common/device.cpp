@@ -3,10 +3,14 @@
 #include <ATen/Parallel.h>
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include <torch/torch.h>
@@ -84,6 +88,35 @@ std::string openblas_core_override() {
 #endif
   return "";
 }
+
+namespace {
+std::string& allocator_state() {
+  static std::string state = "system";
+  return state;
+}
+}  // namespace
+
+std::string configure_allocator() {
+#if defined(__GLIBC__)
+  static const std::string done = [] {
+    if (const char* v = std::getenv("CSIPOSE_MALLOC"); v != nullptr && std::string(v) == "system")
+      return std::string("glibc defaults (CSIPOSE_MALLOC=system)");
+    for (const char* name : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                             "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST"})
+      if (std::getenv(name) != nullptr) return std::string("glibc, settings from the environment");
+    if (const char* t = std::getenv("GLIBC_TUNABLES"); t != nullptr && std::strstr(t, "glibc.malloc") != nullptr)
+      return std::string("glibc, settings from the environment");
+    // Order matters: setting the mmap threshold first turns off glibc's dynamic thresholds, which
+    // would otherwise move the trim threshold again.
+    const bool ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+    return std::string(ok ? "glibc, trim 1 GiB / mmap 32 MiB" : "glibc defaults (mallopt refused)");
+  }();
+  allocator_state() = done;
+#endif
+  return allocator_state();
+}
+
+std::string allocator_description() { return allocator_state(); }
 
 std::string torch_description() {
   std::string s = "LibTorch " TORCH_VERSION;

@@ -1,10 +1,13 @@
 // Thread and BLAS setup (common/device.h): --threads reaches LibTorch's pool and keeps OpenBLAS at
 // one thread, range errors name the option, and the OpenBLAS core override only ever names a
-// kernel set the CPU can run, and nothing when the user chose one.
+// kernel set the CPU can run, and nothing when the user chose one; the allocator setup keeps a
+// freed block in the process, so touching it again costs no page faults.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "common/check.h"
@@ -22,7 +25,9 @@ TEST(Device, SetCpuThreadsSetsLibTorchAndKeepsOpenBlasAtOne) {
   EXPECT_EQ(at::get_num_threads(), 2);
   // Debian's LibTorch loads OpenBLAS (0 = no OpenBLAS in this process, nothing to check).
   const char* env = std::getenv("OPENBLAS_NUM_THREADS");
-  if (openblas_threads() > 0 && (env == nullptr || *env == '\0')) EXPECT_EQ(openblas_threads(), 1);
+  if (openblas_threads() > 0 && (env == nullptr || *env == '\0')) {
+    EXPECT_EQ(openblas_threads(), 1);
+  }
   EXPECT_NE(testing::error_of([] { set_cpu_threads(-1); }).find("--threads"), std::string::npos);
   EXPECT_NE(testing::error_of([] { set_cpu_threads(5000); }).find("5000"), std::string::npos);
   set_cpu_threads(before);
@@ -47,6 +52,46 @@ TEST(Device, OpenBlasCoreOverrideOnlyNamesRunnableKernels) {
   EXPECT_EQ(core, "");
 #endif
   if (!saved.empty()) setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
+}
+
+namespace {
+long minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+/// Page faults of allocating, touching and freeing `bytes`.
+long faults_of_block(size_t bytes) {
+  const long before = minor_faults();
+  void* p = std::malloc(bytes);
+  std::memset(p, 1, bytes);
+  asm volatile("" : : "r"(p) : "memory");  // the compiler may not drop the block
+  std::free(p);
+  return minor_faults() - before;
+}
+}  // namespace
+
+TEST(Device, AllocatorKeepsFreedTensorsMemory) {
+  bool user_settings = std::getenv("CSIPOSE_MALLOC") != nullptr;
+  for (const char* name : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                           "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST", "GLIBC_TUNABLES"})
+    user_settings = user_settings || std::getenv(name) != nullptr;
+  const std::string what = configure_allocator();
+  EXPECT_EQ(allocator_description(), what);
+  EXPECT_EQ(configure_allocator(), what);  // once: a second call changes nothing
+#if defined(__GLIBC__)
+  if (user_settings) GTEST_SKIP() << "malloc settings from the environment: " << what;
+  EXPECT_EQ(what, "glibc, trim 1 GiB / mmap 32 MiB");
+  // A 24 MiB block (a batch-256 activation) is reused: the second round touches resident pages.
+  // glibc's defaults mmap it and give it back on free, so each round faults in its 6,144 pages.
+  const size_t bytes = size_t{24} << 20;
+  const long first = faults_of_block(bytes);
+  const long second = faults_of_block(bytes);
+  EXPECT_GT(first + second, 0);
+  EXPECT_LT(second, 64) << "first round " << first << " faults";
+#else
+  EXPECT_EQ(what, "system");
+#endif
 }
 
 }  // namespace
