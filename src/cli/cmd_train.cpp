@@ -278,6 +278,7 @@ void set_runtime_fields(Json& j) {
   j.set("torch", TORCH_VERSION).set("openblas_core", std::string(core != nullptr ? core : "auto"));
   j.set("openblas_threads", static_cast<int64_t>(openblas_threads()));
   j.set("malloc", allocator_description());
+  j.set("int8_chain", int8_chaining());
 }
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include "common/check.h"
 #include "common/device.h"
 #include "quant/int8_backend.h"
+#include "quant/qmodules.h"
 
 using csipose::cli::Args;
 
@@ -39,6 +40,10 @@ int main(int argc, char** argv) {
     // command (the outputs are bit-identical either way; quant/int8_backend.h).
     if (const char* b = std::getenv("CSIPOSE_INT8_BACKEND"); b != nullptr && *b != '\0')
       csipose::set_int8_backend(csipose::parse_int8_backend(b));
+    // CSIPOSE_INT8_CHAIN=0 turns int8 chains off (quant/qmodules.h): every int8 op then dequantizes
+    // its output and the float functions between ops run in float32, for A/B comparisons.
+    if (const char* c = std::getenv("CSIPOSE_INT8_CHAIN"); c != nullptr && std::string(c) == "0")
+      csipose::set_int8_chaining(false);
     // Commands are one or two words ("score", "data synth"); the longest match wins.
     for (size_t n : {2u, 1u}) {
       if (words.size() < n) continue;

@@ -247,8 +247,12 @@ PoseEncoderLayerImpl::PoseEncoderLayerImpl(int64_t d_model, int64_t heads, int64
 
 torch::Tensor PoseEncoderLayerImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = norm1(x + dropout1(self_attn(x)));
+  // Converted: linear1 hands int8 codes through GELU to linear2 (quant/qmodules.h, int8 chains).
+  torch::Tensor ff = int8_chain_forward({{linear1.get(), nullptr, -1, 0, Int8Between::gelu}, {linear2.get()}}, h,
+                                        is_training());
   // GELU exact (erf form): torch::gelu's default on LibTorch 1.13 and 2.x.
-  return norm2(h + dropout2(linear2(dropout(torch::gelu(linear1(h))))));
+  if (!ff.defined()) ff = linear2(dropout(torch::gelu(linear1(h))));
+  return norm2(h + dropout2(ff));
 }
 
 PoseEncoderImpl::PoseEncoderImpl(int64_t num_layers, int64_t d_model, int64_t heads, int64_t dim_feedforward,
@@ -340,7 +344,12 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
 }
 
 torch::Tensor PoseTransformerImpl::keypoints0(const torch::Tensor& z) {
-  return torch::sigmoid(head->forward(z)).view({z.size(0), config_.keypoints, 2});
+  // head = QLinear, GELU, Dropout, QLinear: converted, the two linears chain in int8.
+  torch::Tensor y = int8_chain_forward({{dynamic_cast<Quantizable*>(head->ptr(0).get()), nullptr, -1, 0, Int8Between::gelu},
+                                        {dynamic_cast<Quantizable*>(head->ptr(3).get())}},
+                                       z, is_training());
+  if (!y.defined()) y = head->forward(z);
+  return torch::sigmoid(y).view({z.size(0), config_.keypoints, 2});
 }
 
 torch::Tensor PoseTransformerImpl::forward_coarse(const torch::Tensor& x) { return keypoints0(encode(x)); }

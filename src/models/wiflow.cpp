@@ -309,6 +309,13 @@ torch::Tensor TcnBlockImpl::forward(const torch::Tensor& x) {
   // x: (N, cin, T); the padded convs give T + 2d samples, the chomp keeps the first T (causal).
   const int64_t T = x.size(2);
   const torch::Tensor res = downsample ? downsample->forward(x) : x;        // (N, cout, T)
+  // Converted: the four convs hand int8 codes to each other (quant/qmodules.h, int8 chains).
+  const torch::Tensor chained = int8_chain_forward({{conv1_group.get(), bn1_group.get(), 2, T, Int8Between::silu},
+                                                    {conv1_pw.get(), bn1_pw.get(), -1, 0, Int8Between::silu},
+                                                    {conv2_group.get(), bn2_group.get(), 2, T, Int8Between::silu},
+                                                    {conv2_pw.get(), bn2_pw.get()}},
+                                                   x, is_training());
+  if (chained.defined()) return torch::silu(dropout2(torch::silu(chained)) + res);
   torch::Tensor out = conv1_group(x).narrow(2, 0, T);                      // (N, cin, T)
   out = torch::silu(bn1_group(out));
   out = dropout1(torch::silu(bn1_pw(conv1_pw(out))));                      // (N, cout, T)
@@ -348,9 +355,36 @@ ResidualBlock2dImpl::ResidualBlock2dImpl(int64_t in, int64_t out, int64_t stride
                                           QBatchNorm2d(out)));
 }
 
+namespace {
+/// The int8 chain of a Sequential of (QConv, QBatchNorm, SiLU[, Dropout])* ending in a QConv and
+/// an optional QBatchNorm: links conv -> SiLU -> conv; empty when the layout differs.
+std::vector<Int8Link> conv_silu_chain(const torch::nn::Sequential& seq) {
+  std::vector<Int8Link> links;
+  for (size_t i = 0; i < seq->size(); ++i) {
+    const std::shared_ptr<torch::nn::Module> m = seq->ptr(i);
+    if (auto* op = dynamic_cast<Quantizable*>(m.get())) {
+      links.push_back({op});
+    } else if (auto* bn = dynamic_cast<FoldableBn*>(m.get()); bn != nullptr && !links.empty() && !links.back().bn) {
+      links.back().bn = bn;
+    } else if (m->as<torch::nn::SiLUImpl>() != nullptr && !links.empty() &&
+               links.back().then == Int8Between::identity) {
+      links.back().then = Int8Between::silu;
+    } else if (m->as<torch::nn::Dropout2dImpl>() == nullptr && m->as<torch::nn::DropoutImpl>() == nullptr) {
+      return {};
+    }
+  }
+  // The last conv's output leaves as float: a SiLU after it stays in the Sequential's float tail.
+  if (links.empty() || links.back().then != Int8Between::identity) return {};
+  return links;
+}
+}  // namespace
+
 torch::Tensor ResidualBlock2dImpl::forward(const torch::Tensor& x) {
-  // x: (N, cin, T, W) -> (N, cout, T, ceil(W / stride))
-  return torch::silu(block->forward(x) + downsample->forward(x));
+  // x: (N, cin, T, W) -> (N, cout, T, ceil(W / stride)). Converted: the block's three convs hand
+  // int8 codes to each other (quant/qmodules.h, int8 chains).
+  torch::Tensor main = int8_chain_forward(conv_silu_chain(block), x, is_training());
+  if (!main.defined()) main = block->forward(x);
+  return torch::silu(main + downsample->forward(x));
 }
 
 AxialAttentionImpl::AxialAttentionImpl(int64_t channels, int64_t groups, bool along_width)
@@ -469,7 +503,15 @@ torch::Tensor WiFlowImpl::forward(const torch::Tensor& x) {
   for (auto& block : blocks_) h = block(h);       // (N, conv[i], T, W_i), W_i per the stride schedule
   h = h.permute({0, 1, 3, 2});                    // (N, C, W', T)
   h = attention(h);                               // (N, C, W', T)
-  h = decoder->forward(h);                        // (N, 2, W', T)
+  // decoder = conv, BN, SiLU, conv, BN, SiLU: converted, the two convs chain in int8.
+  std::vector<Int8Link> head;
+  if (decoder->size() == 6) {
+    head = {{dynamic_cast<Quantizable*>(decoder->ptr(0).get()), dynamic_cast<FoldableBn*>(decoder->ptr(1).get()), -1, 0,
+             Int8Between::silu},
+            {dynamic_cast<Quantizable*>(decoder->ptr(3).get()), dynamic_cast<FoldableBn*>(decoder->ptr(4).get())}};
+  }
+  const torch::Tensor chained = int8_chain_forward(head, h, is_training());
+  h = chained.defined() ? torch::silu(chained) : decoder->forward(h);  // (N, 2, W', T)
   h = torch::adaptive_avg_pool2d(h, {c.keypoints, 1});  // (N, 2, K, 1), PyTorch's bin rule
   return h.squeeze(-1).transpose(1, 2).contiguous();  // (N, K, 2), [..., 0] = x
 }

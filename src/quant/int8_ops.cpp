@@ -568,9 +568,69 @@ void requant_span_even_uniform(const int32_t* src, uint32_t add, float mult, int
   }
 }
 
+/// The int8 codes themselves (no dequantize): an int8 op that hands its output to the next one.
+CSIPOSE_SIMD_CLONES
+void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+                         float hi, int8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add[i]);
+    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult[i]) + zp), lo, hi);
+    dst[i] = static_cast<int8_t>(static_cast<int32_t>(u));
+  }
+}
+
+CSIPOSE_SIMD_CLONES
+void requant_span_even_uniform_q(const int32_t* src, uint32_t add, float mult, int64_t n, float zp, float lo, float hi,
+                                 int8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add);
+    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult) + zp), lo, hi);
+    dst[i] = static_cast<int8_t>(static_cast<int32_t>(u));
+  }
+}
+
+/// Conv outputs: `rows` consecutive rows of np contiguous positions, row r (counted from row0)
+/// belonging to channel (row0 + r) % channels with that channel's add and multiplier; float32
+/// dequantized output (dst_f) or int8 codes (dst_q, mapped through table when given). One call per
+/// block of rows: conv rows are short (a TCN row is ~20-40 positions), and a call per row cost as
+/// much as its arithmetic.
+CSIPOSE_SIMD_CLONES
+void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t np, int64_t channels,
+                       const uint32_t* add, const float* mult, float zp, float lo, float hi, float s_out, float* dst_f,
+                       int8_t* dst_q, const int8_t* table) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t c = (row0 + r) % channels;
+    const uint32_t a = add[c];
+    const float m = mult[c];
+    const int32_t* s_row = src + r * np;
+    if (dst_q == nullptr) {
+      float* d = dst_f + r * np;
+      for (int64_t i = 0; i < np; ++i) {
+        const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(s_row[i]) + a);
+        const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * m) + zp), lo, hi);
+        d[i] = (u - zp) * s_out;
+      }
+    } else {
+      int8_t* d = dst_q + r * np;
+      for (int64_t i = 0; i < np; ++i) {
+        const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(s_row[i]) + a);
+        const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * m) + zp), lo, hi);
+        d[i] = static_cast<int8_t>(static_cast<int32_t>(u));
+      }
+      if (table != nullptr)
+        for (int64_t i = 0; i < np; ++i) d[i] = table[static_cast<uint8_t>(d[i])];
+    }
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+/// dst[i] = table[bit pattern of dst[i]] (an Int8Output table), in place.
+inline void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = table[static_cast<uint8_t>(dst[i])];
+}
 
 /// round() of a float with the contract's tie rule, as round_tensor does elementwise.
 inline float round_one(float y, Rounding r) {
@@ -652,17 +712,18 @@ torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p
   return q;
 }
 
-/// Requantize + dequantize in one pass: raw int32 GEMM results of a (N, G, Og, P) output (element
+/// Requantize (+ dequantize) in one pass: raw int32 GEMM results of a (N, G, Og, P) output (element
 /// (n, g, og, p) at raw[n * sn + g * sg + og * so + p * sp]), the zero-point term comp[o] (int64,
 /// o = g * Og + og) and bias[o] (int32) give acc + bias; then the contract's float32 requantize with
-/// mult[o] and the output dequantize. Returns float32 (N, G * Og, P), equal bit for bit to
-/// dequantize_tensor(requantize_tensor(acc, bias, mult, out)).
-torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int64_t, 4> sizes,
-                                        std::array<int64_t, 4> strides, const torch::Tensor& comp,
-                                        const torch::Tensor& bias, const std::vector<float>& mult,
-                                        const QuantParams& out, Rounding r) {
+/// mult[o], and the output dequantize (float32 (N, G * Og, P), equal bit for bit to
+/// dequantize_tensor(requantize_tensor(acc, bias, mult, out))), or the int8 codes themselves mapped
+/// through `out_spec`'s table (int8 (N, G * Og, P)).
+torch::Tensor requantize_conv_cpu(const torch::Tensor& raw, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
+                                  const torch::Tensor& comp, const torch::Tensor& bias, const std::vector<float>& mult,
+                                  const QuantParams& out, const Int8Output& out_spec, Rounding r) {
   const int64_t n = sizes[0], g = sizes[1], og = sizes[2], np = sizes[3], o = g * og;
-  torch::Tensor y = torch::empty({n, o, np}, raw.options().dtype(torch::kFloat));
+  const bool q_out = out_spec.int8;
+  torch::Tensor y = torch::empty({n, o, np}, raw.options().dtype(q_out ? torch::kInt8 : torch::kFloat));
   const int32_t* src = raw.data_ptr<int32_t>();
   const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
   const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
@@ -670,7 +731,25 @@ torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int
   const int32_t* bp = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
   const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
   const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
-  float* dst = y.data_ptr<float>();
+  float* dst_f = q_out ? nullptr : y.data_ptr<float>();
+  int8_t* dst_q = q_out ? y.data_ptr<int8_t>() : nullptr;
+  const int8_t* table = out_spec.table;
+  const bool rows_contiguous = strides[3] == 1 && strides[2] == np && strides[1] == og * np && strides[0] == o * np;
+  if (r == Rounding::half_even && rows_contiguous) {
+    // Per-channel constants once, then blocks of whole rows per call (requant_rows_even).
+    std::vector<uint32_t> add32(static_cast<size_t>(o));
+    std::vector<float> mv(static_cast<size_t>(o));
+    for (int64_t c = 0; c < o; ++c) {
+      // acc + bias fits int32 (pack_weight's bound): the wrapped 32-bit constant adds up exactly.
+      add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
+      mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
+    }
+    at::parallel_for(0, n * o, std::max<int64_t>(1, 16384 / std::max<int64_t>(np, 1)), [&](int64_t b, int64_t e) {
+      requant_rows_even(src + b * np, b, e - b, np, o, add32.data(), mv.data(), zp, lo, hi, s_out,
+                        dst_f ? dst_f + b * np : nullptr, dst_q ? dst_q + b * np : nullptr, table);
+    });
+    return y;
+  }
   at::parallel_for(0, n * o, 16, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t ni = row / o, oi = row % o, gi = oi / og, ogi = oi % og;
@@ -678,16 +757,25 @@ torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int
       // acc + bias fits int32 (pack_weight's bound), so this int64 sum converts exactly.
       const int64_t add = (bp ? static_cast<int64_t>(bp[oi]) : 0) - (cp ? cp[oi] : 0);
       const float m = mult[static_cast<size_t>(mult.size() == 1 ? 0 : oi)];
-      float* d_row = dst + row * np;
       if (r == Rounding::half_even && strides[3] == 1) {
-        requant_span_even_uniform(s_row, wrap32(add), m, np, zp, lo, hi, s_out, d_row);
+        if (q_out) {
+          requant_span_even_uniform_q(s_row, wrap32(add), m, np, zp, lo, hi, dst_q + row * np);
+          if (table != nullptr) apply_lut(dst_q + row * np, np, table);
+        } else {
+          requant_span_even_uniform(s_row, wrap32(add), m, np, zp, lo, hi, s_out, dst_f + row * np);
+        }
         continue;
       }
       for (int64_t pi = 0; pi < np; ++pi) {
         const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[pi * strides[3]]) + add);
         float u = round_one(static_cast<float>(sum) * m, r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
-        d_row[pi] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+        if (q_out) {
+          const auto q = static_cast<int8_t>(static_cast<int32_t>(u));
+          dst_q[row * np + pi] = table != nullptr ? table[static_cast<uint8_t>(q)] : q;
+        } else {
+          dst_f[row * np + pi] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+        }
       }
     }
   });
@@ -695,10 +783,10 @@ torch::Tensor requantize_dequantize_cpu(const torch::Tensor& raw, std::array<int
 }
 
 /// The same for a linear op's raw (M, O) int32 GEMM result (row-major, channels last), written to
-/// dst (M, O) float32.
-void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tensor& comp,
-                                const torch::Tensor& bias, const std::vector<float>& mult, const QuantParams& out,
-                                Rounding r, float* dst) {
+/// dst_f (M, O) float32, or as int8 codes (through `table` when given) to dst_q.
+void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tensor& comp, const torch::Tensor& bias,
+                     const std::vector<float>& mult, const QuantParams& out, Rounding r, float* dst_f, int8_t* dst_q,
+                     const int8_t* table) {
   // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64 and
   // its 32-bit pattern added with wrapping gives acc + bias (see requant_span_even).
   thread_local std::vector<uint32_t> add32;
@@ -720,16 +808,25 @@ void requantize_dequantize_rows(const int32_t* src, int64_t m, int64_t o, const 
   at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(o, 1)), [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int32_t* s_row = src + row * o;
-      float* d_row = dst + row * o;
       if (r == Rounding::half_even) {
-        requant_span_even(s_row, add32p, mvp, o, zp, lo, hi, s_out, d_row);
+        if (dst_q != nullptr) {
+          requant_span_even_q(s_row, add32p, mvp, o, zp, lo, hi, dst_q + row * o);
+          if (table != nullptr) apply_lut(dst_q + row * o, o, table);
+        } else {
+          requant_span_even(s_row, add32p, mvp, o, zp, lo, hi, s_out, dst_f + row * o);
+        }
         continue;
       }
       for (int64_t c = 0; c < o; ++c) {
         const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(s_row[c]) + add32p[c]);
         float u = round_one(static_cast<float>(sum) * mvp[c], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
-        d_row[c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+        if (dst_q != nullptr) {
+          const auto q = static_cast<int8_t>(static_cast<int32_t>(u));
+          dst_q[row * o + c] = table != nullptr ? table[static_cast<uint8_t>(q)] : q;
+        } else {
+          dst_f[row * o + c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
+        }
       }
     }
   });
@@ -741,22 +838,30 @@ bool int8_fused_available(const torch::Device& device) { return use_onednn(devic
 
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {
-  RECORD_FUNCTION("csipose::int8_op_float", std::vector<c10::IValue>());
-  CSIPOSE_CHECK(int8_fused_available(x.device()), "int8_op_float: the fused path needs the onednn backend on the CPU");
-  check_float_tensor(x, "int8_op_float");
-  check_activation_params(in_qp, "int8_op_float");
-  check_activation_params(out_qp, "int8_op_float");
-  check_int8_tensor(w.q, "int8_op_float");
-  CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_float: input params differ from those the weight was packed for");
+  return int8_op_fused(x, in_qp, w, out_qp, conv, Int8Output{}, r);
+}
+
+torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                            const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec, Rounding r) {
+  RECORD_FUNCTION("csipose::int8_op_fused", std::vector<c10::IValue>());
+  CSIPOSE_CHECK(int8_fused_available(x.device()), "int8_op_fused: the fused path needs the onednn backend on the CPU");
+  const bool q_in = x.scalar_type() == torch::kInt8;
+  if (!q_in) check_float_tensor(x, "int8_op_fused");
+  check_activation_params(in_qp, "int8_op_fused");
+  check_activation_params(out_qp, "int8_op_fused");
+  check_int8_tensor(w.q, "int8_op_fused");
+  CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_fused: input params differ from those the weight was packed for");
+  CSIPOSE_CHECK(out_spec.table == nullptr || out_spec.int8, "int8_op_fused: a code table needs int8 output");
   // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
   const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
   const int64_t c_out = w.out_channels();
   const std::vector<float> mult = multipliers(in_qp, w.params, out_qp, c_out);
+  const auto out_options = x.options().dtype(out_spec.int8 ? torch::kInt8 : torch::kFloat);
   if (conv == nullptr) {
-    CSIPOSE_CHECK(w.q.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.q.size(1), "int8_op_float: input of shape ",
+    CSIPOSE_CHECK(w.q.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.q.size(1), "int8_op_fused: input of shape ",
                   x.sizes(), " does not fit a linear weight of shape ", w.q.sizes());
     // Caller-owned buffers end to end (the batch-1 cost of a small layer is allocations, not
-    // arithmetic): int8 input and int32 sums in per-thread scratch, one float32 output tensor.
+    // arithmetic): int8 input and int32 sums in per-thread scratch, one output tensor.
     const torch::Tensor xc = x.contiguous();
     const torch::Tensor wq = w.q.contiguous();  // packed weights are; a no-op
     const int64_t k = x.size(-1);
@@ -764,45 +869,77 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
     for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = c_out;
-    torch::Tensor y = torch::empty(shape, x.options());
+    torch::Tensor y = torch::empty(shape, out_options);
     if (rows == 0) return y;
     thread_local std::vector<int8_t> xq_buf;
     thread_local std::vector<int32_t> acc_buf;
-    xq_buf.resize(static_cast<size_t>(rows * k));
     acc_buf.resize(static_cast<size_t>(rows * c_out));
-    CSIPOSE_CHECK(quantize_into(xc.data_ptr<float>(), rows * k, xq_buf.data(), in_qp, r),
-                  "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+    const int8_t* xq = nullptr;
+    if (q_in) {
+      xq = xc.data_ptr<int8_t>();  // codes at in_qp already (the previous op of an int8 chain)
+    } else {
+      xq_buf.resize(static_cast<size_t>(rows * k));
+      CSIPOSE_CHECK(quantize_into(xc.data_ptr<float>(), rows * k, xq_buf.data(), in_qp, r),
+                    "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+      xq = xq_buf.data();
+    }
     if (k > 0) {
       S8GemmRaw g;
       g.m = rows, g.k = k, g.n = c_out;
-      g.a = xq_buf.data(), g.lda = k;
+      g.a = xq, g.lda = k;
       g.b = wq.data_ptr<int8_t>(), g.b_stride_k = 1, g.b_stride_n = k;  // W (O, K) read as W^T
       g.c = acc_buf.data(), g.ldc = c_out;
       onednn_s8_gemm_raw(g);
     } else {
       std::fill(acc_buf.begin(), acc_buf.end(), 0);
     }
-    requantize_dequantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, y.data_ptr<float>());
+    if (out_spec.int8) {
+      requantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, nullptr, y.data_ptr<int8_t>(),
+                      out_spec.table);
+    } else {
+      requantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, y.data_ptr<float>(), nullptr,
+                      nullptr);
+    }
     return y;
   }
-  const torch::Tensor xq = quantize_cpu_fused(x, in_qp, r);
+  const torch::Tensor xq = q_in ? x : quantize_cpu_fused(x, in_qp, r);
   const auto nd = static_cast<int64_t>(conv->stride.size());
-  CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_float: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
+  CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_fused: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
   const int64_t n = x.size(0), groups = conv->groups;
   // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
-  const Im2col ic = im2col("int8_op_float", xq, w.q.sizes(), conv->stride, conv->padding, conv->dilation, groups,
+  const Im2col ic = im2col("int8_op_fused", xq, w.q.sizes(), conv->stride, conv->padding, conv->dilation, groups,
                            static_cast<double>(in_qp.zero_point[0]), /*positions_last=*/true);
   const torch::Tensor& cols = ic.cols;
   const std::vector<int64_t>& out_size = ic.out_size;
   const int64_t positions = cols.size(3), og = c_out / groups;
   const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
-  CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_float: internal im2col size mismatch");
+  CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_fused: internal im2col size mismatch");
   const torch::Tensor raw = onednn_s8_gemm(wg, cols);  // (N, G, Og, P), contiguous
-  torch::Tensor y = requantize_dequantize_cpu(raw, {n, groups, og, positions}, {groups * og * positions, og * positions, positions, 1},
-                                              comp, w.bias_q, mult, out_qp, r);
+  torch::Tensor y = requantize_conv_cpu(raw, {n, groups, og, positions}, {groups * og * positions, og * positions, positions, 1},
+                                        comp, w.bias_q, mult, out_qp, out_spec, r);
   std::vector<int64_t> out_shape = {n, c_out};
   out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
   return y.reshape(out_shape);
+}
+
+std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                                        const QuantParams& from, const QuantParams& to, Rounding r) {
+  check_activation_params(from, "int8_code_table");
+  check_activation_params(to, "int8_code_table");
+  // Every int8 code in bit-pattern order (0..127, then -128..-1), dequantized as the op's output
+  // point does, f in float32 as the model computes it, quantized as the next op's input point does.
+  std::vector<int8_t> codes(256);
+  for (int b = 0; b < 256; ++b) codes[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b));
+  const torch::Tensor q = torch::tensor(std::vector<int64_t>(codes.begin(), codes.end()), torch::kLong).to(torch::kInt8);
+  QuantParams wide = from;  // dequantize every code, also those outside [qmin, qmax] (never produced)
+  wide.qmin = -128, wide.qmax = 127;
+  const torch::Tensor fx = f(dequantize_tensor(q, wide)).contiguous();
+  CSIPOSE_CHECK(fx.scalar_type() == torch::kFloat && fx.numel() == 256,
+                "int8_code_table: the function must map 256 float32 values to 256 float32 values");
+  const torch::Tensor out = quantize_tensor(fx, to, r).contiguous();
+  std::array<int8_t, 256> table{};
+  std::copy(out.data_ptr<int8_t>(), out.data_ptr<int8_t>() + 256, table.begin());
+  return table;
 }
 
 torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,

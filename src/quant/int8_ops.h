@@ -42,6 +42,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "quant/quant_spec.h"
@@ -146,6 +147,28 @@ bool int8_fused_available(const torch::Device& device);
 /// `conv` null for a linear op. Only where int8_fused_available.
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r = Rounding::half_even);
+/// What int8_op_fused returns: the float32 dequantized output (default), or the int8 codes at
+/// out_qp for the next int8 op, each mapped through `table` when given (indexed by the code's bit
+/// pattern, uint8_t(q); int8_code_table builds one).
+struct Int8Output {
+  bool int8 = false;
+  const int8_t* table = nullptr;  ///< 256 entries, or null
+};
+/// int8_op_float with int8 activations allowed on both sides (an int8 chain, quant/qmodules.h):
+/// x float32 (quantized here with in_qp) or int8 (codes at in_qp in [qmin, qmax], as the previous op
+/// of a chain hands them over); the output as `out` says. Only where int8_fused_available.
+torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                            const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out,
+                            Rounding r = Rounding::half_even);
+/// The table of an elementwise float function f between two quantization points: entry uint8_t(q)
+/// = quantize(f(dequantize(q, from)), to) with to's rounding r, f evaluated by LibTorch in float32 on
+/// the 256 dequantized codes. It gives the fake-quant model's fq_to(f(fq_from(y))) code for code, up
+/// to f's own float32 evaluation: ATen evaluates SiLU / GELU with vector kernels and their scalar
+/// form on the leftover elements of a loop, which can differ in the last bit, and that matters only
+/// where f's value lies on a rounding tie of `to`. (ReLU and the identity are exact.)
+std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                                        const QuantParams& from, const QuantParams& to,
+                                        Rounding r = Rounding::half_even);
 /// dequantize_tensor(int8_matmul(quantize_tensor(a), quantize_tensor(b)), out_qp) for float32 a, b
 /// (torch::matmul broadcasting), fused the same way. Only where int8_fused_available.
 torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,

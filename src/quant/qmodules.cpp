@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <functional>
 #include <variant>
 
@@ -199,6 +200,31 @@ void QuantHook::set_int8(Int8State state) {
   CSIPOSE_CHECK(!state.packed || weight_spec_, "QuantHook ", name_, ": int8 state has packed weights but the policy keeps them fp32");
   int8_ = std::move(state);
   mode_ = QuantMode::int8;
+  std::lock_guard<std::mutex> lock(chain_mutex_);
+  chain_tables_.clear();
+}
+
+namespace {
+torch::Tensor apply_between(Int8Between fn, const torch::Tensor& x) {
+  switch (fn) {
+    case Int8Between::identity: return x;
+    case Int8Between::relu: return torch::relu(x);
+    case Int8Between::silu: return torch::silu(x);
+    case Int8Between::gelu: return torch::gelu(x);  // exact (erf) form, as the models
+  }
+  return x;
+}
+}  // namespace
+
+const int8_t* QuantHook::chain_table(Int8Between fn, const QuantParams& to, Rounding r) {
+  CSIPOSE_CHECK(int8_ && int8_->output, "QuantHook ", name_, ": a chain table needs a converted op with an int8 output");
+  std::lock_guard<std::mutex> lock(chain_mutex_);
+  for (const auto& t : chain_tables_)
+    if (t->fn == fn && t->rounding == r && t->to == to) return t->table.data();
+  auto t = std::make_unique<ChainTable>(ChainTable{fn, to, r, {}});
+  t->table = int8_code_table([fn](const torch::Tensor& v) { return apply_between(fn, v); }, *int8_->output, to, r);
+  chain_tables_.push_back(std::move(t));
+  return chain_tables_.back()->table.data();
 }
 
 QuantParams QuantHook::qparams_of(const Point& p, const std::string& which) const {
@@ -473,6 +499,71 @@ torch::Tensor QMatmulImpl::forward(const torch::Tensor& a, const torch::Tensor& 
     return dequantize_tensor(int8_matmul(aq, s->inputs[0], bq, s->inputs[1], *s->output, r), *s->output);
   }
   return hook->output(torch::matmul(hook->input(a, 0), hook->input(b, 1)));
+}
+
+std::optional<Int8Conv> QConv1dImpl::int8_geometry() const {
+  const auto& o = options;
+  const auto* pad = explicit_padding<1>(o.padding());
+  if (pad == nullptr) return std::nullopt;
+  return Int8Conv{{(*o.stride())[0]}, {(**pad)[0]}, {(*o.dilation())[0]}, o.groups()};
+}
+
+std::optional<Int8Conv> QConv2dImpl::int8_geometry() const {
+  const auto& o = options;
+  const auto* pad = explicit_padding<2>(o.padding());
+  if (pad == nullptr) return std::nullopt;
+  return Int8Conv{{(*o.stride())[0], (*o.stride())[1]},
+                  {(**pad)[0], (**pad)[1]},
+                  {(*o.dilation())[0], (*o.dilation())[1]},
+                  o.groups()};
+}
+
+namespace {
+std::atomic<bool>& chaining_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+std::atomic<int64_t>& chain_runs() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+}  // namespace
+
+void set_int8_chaining(bool on) { chaining_flag().store(on); }
+bool int8_chaining() { return chaining_flag().load(); }
+int64_t int8_chain_runs() { return chain_runs().load(); }
+
+torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
+  if (links.empty() || training || !int8_chaining() || !x.defined() || x.scalar_type() != torch::kFloat ||
+      !int8_fused_available(x.device()))
+    return {};
+  for (const Int8Link& l : links) {
+    if (l.op == nullptr || !l.op->hook || l.op->hook->mode() != QuantMode::int8) return {};
+    const auto* s = l.op->hook->int8_state();
+    if (s == nullptr || !s->packed || s->inputs.empty() || !s->output) return {};
+    if (std::string(l.op->op_kind()) != "linear" && !l.op->int8_geometry()) return {};
+    if (l.bn != nullptr && (l.bn->folded_into.get() != l.op->hook.get() || !l.bn->folded_active())) return {};
+  }
+  ++chain_runs();
+  torch::Tensor h = x;
+  for (size_t i = 0; i < links.size(); ++i) {
+    const Int8Link& l = links[i];
+    QuantHook& hook = *l.op->hook;
+    const auto& s = hook.int8_on(h.device());
+    Int8Output out;
+    if (i + 1 < links.size()) {
+      QuantHook& next = *links[i + 1].op->hook;
+      const QuantParams& to = next.int8_on(h.device()).inputs[0];
+      out.int8 = true;
+      // No table where the codes carry over unchanged (same point, nothing in between).
+      if (!(l.then == Int8Between::identity && to == *s.output))
+        out.table = hook.chain_table(l.then, to, next.activation_rounding());
+    }
+    const std::optional<Int8Conv> g = l.op->int8_geometry();
+    h = int8_op_fused(h, s.inputs[0], *s.packed, *s.output, g ? &*g : nullptr, out, hook.activation_rounding());
+    if (l.narrow_dim >= 0) h = h.narrow(l.narrow_dim, 0, l.narrow_length);
+  }
+  return h;
 }
 
 QBatchNormImpl::QBatchNormImpl(int64_t num_features, double eps, double momentum)

@@ -18,9 +18,11 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "common/json.h"
 #include "quant/int8_ops.h"
@@ -39,6 +41,9 @@ enum class QuantMode {
 const char* to_string(QuantMode m);
 
 class QuantHook;
+
+/// The elementwise function between two ops of an int8 chain (int8_chain_forward).
+enum class Int8Between { identity, relu, silu, gelu };
 
 /// A BatchNorm that `prepare` may fold into the conv before it (QBatchNorm1d / QBatchNorm2d).
 /// While the conv's hook is not `off`, the BatchNorm's forward is the identity and the conv
@@ -150,6 +155,10 @@ class QuantHook {
   /// The trainable tensors, named "weight.scale", "input0.scale", "output.zero_point", ...
   std::vector<std::pair<std::string, torch::Tensor>> learned_parameters() const;
 
+  /// The code table of int8_chain_forward from this op's output codes through `fn` to the codes of
+  /// a next op's input point `to` (rounding r): built on first use, kept until set_int8 again.
+  const int8_t* chain_table(Int8Between fn, const QuantParams& to, Rounding r);
+
   /// Observer states of the activation points (and the learned values, when learned), for QAT
   /// checkpoints and calibration files.
   Json state() const;
@@ -182,6 +191,14 @@ class QuantHook {
   std::optional<Int8State> int8_;
   std::optional<LearnedScalesConfig> learned_;
   torch::Tensor weight_scale_;  ///< learned weight scales (C) or (1); undefined when not learned
+  struct ChainTable {
+    Int8Between fn;
+    QuantParams to;
+    Rounding rounding;
+    std::array<int8_t, 256> table;
+  };
+  std::vector<std::unique_ptr<ChainTable>> chain_tables_;  ///< stable addresses
+  std::mutex chain_mutex_;
 };
 
 /// Implemented by every Q-module so `prepare` finds them among a model's named modules.
@@ -193,6 +210,8 @@ class Quantizable {
   /// The float weight and bias of the op (undefined for a matmul).
   virtual torch::Tensor op_weight() const { return {}; }
   virtual torch::Tensor op_bias() const { return {}; }
+  /// The convolution geometry of a conv op (int8 chains); nullopt for a linear op.
+  virtual std::optional<Int8Conv> int8_geometry() const { return std::nullopt; }
   /// Null: plain fp32.
   std::shared_ptr<QuantHook> hook;
 };
@@ -204,6 +223,7 @@ class QConv1dImpl : public torch::nn::Conv1dImpl, public Quantizable {
   const char* op_kind() const override { return "conv1d"; }
   torch::Tensor op_weight() const override { return weight; }
   torch::Tensor op_bias() const override { return bias; }
+  std::optional<Int8Conv> int8_geometry() const override;
 };
 TORCH_MODULE(QConv1d);
 
@@ -214,6 +234,7 @@ class QConv2dImpl : public torch::nn::Conv2dImpl, public Quantizable {
   const char* op_kind() const override { return "conv2d"; }
   torch::Tensor op_weight() const override { return weight; }
   torch::Tensor op_bias() const override { return bias; }
+  std::optional<Int8Conv> int8_geometry() const override;
 };
 TORCH_MODULE(QConv2d);
 
@@ -240,6 +261,40 @@ TORCH_MODULE(QMatmul);
 /// in-projection which holds its own parameters): y = x W^T + b with the hook's points.
 torch::Tensor quantized_linear(QuantHook* hook, bool training, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& b);
+
+// ---- int8 chains ----------------------------------------------------------------------------------
+// A converted model runs each int8 op as quantize -> int8 GEMM -> requantize -> dequantize, and the
+// float op between two of them (SiLU, GELU, ReLU, a BatchNorm folded away, dropout in eval) on the
+// dequantized float32 tensor before the next op quantizes it again. Between two quantization points
+// nothing but an elementwise function happens, so the next op's input codes are a function of the
+// previous op's output codes alone: int8_chain_forward hands int8 codes from op to op, mapped
+// through a 256-entry table (int8_code_table), and only the last op dequantizes. The fake-quant
+// model computes fq_in(f(fq_out(y))) for the same codes, so the chain gives its values (see
+// int8_code_table for the one float32 caveat of SiLU / GELU).
+
+/// One op of an int8 chain and what follows it before the next op.
+struct Int8Link {
+  Quantizable* op = nullptr;
+  /// A BatchNorm right after the op; the chain requires it folded into the op (else the float path runs).
+  FoldableBn* bn = nullptr;
+  /// Keep the first narrow_length entries of dimension narrow_dim of the op's output (WiFlow's
+  /// causal chomp); -1: none.
+  int64_t narrow_dim = -1, narrow_length = 0;
+  /// The function before the next op (ignored on the last link: its output leaves as float32).
+  Int8Between then = Int8Between::identity;
+};
+
+/// The float32 output of the last link for a float32 input x, with int8 activations between the
+/// links; undefined (run the float code instead) unless every op is converted with packed int8
+/// weights and quantized activations, every listed BatchNorm is folded into its op, x is a float32
+/// CPU tensor on the fused (oneDNN) backend, `training` is false and chains are on.
+torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training);
+/// Chains on (default) or off: off, every op dequantizes its output and the float functions run in
+/// between (the A/B switch of tests and benchmarks; CSIPOSE_INT8_CHAIN=0 for the CLI).
+void set_int8_chaining(bool on);
+bool int8_chaining();
+/// How many chains int8_chain_forward has run in this process (tests and diagnostics).
+int64_t int8_chain_runs();
 
 /// BatchNorm over dim 1 of (N, C), (N, C, L) or (N, C, H, W) that `prepare` can fold into the conv
 /// before it (FoldableBn). Its own module rather than a subclass of torch::nn::BatchNorm1dImpl

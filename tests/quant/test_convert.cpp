@@ -459,6 +459,92 @@ TEST(Int8Backend, WholeModelsAreBitIdenticalUnderBothBackends) {
   }
 }
 
+// ---- int8 chains ----------------------------------------------------------------------------------
+
+// The fused op with int8 on either side gives the reference op's codes: int8 output = the codes
+// int8_linear / int8_conv*d compute, through a code table when given; an int8 input = the codes
+// quantize_tensor would have made of the float input.
+TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  torch::manual_seed(9);
+  const QuantParams in = QuantParams::per_tensor(0.02f, -5, -128, 127);
+  const QuantParams out = QuantParams::per_tensor(0.05f, 3, -128, 127);
+  const QuantParams next = QuantParams::per_tensor(0.01f, -128, -128, 127);  // a post-ReLU range
+  const std::array<int8_t, 256> relu = int8_code_table([](const torch::Tensor& v) { return torch::relu(v); }, out, next);
+  // The table by hand: code q of `out` is 0.05 (q - 3); ReLU; quantize at 0.01 with zero point -128.
+  for (int q = -128; q <= 127; ++q) {
+    const float real = std::max(0.0f, static_cast<float>(q - 3) * 0.05f);
+    const float code = std::min(127.0f, std::nearbyint(real * (1.0f / 0.01f)) - 128.0f);
+    EXPECT_EQ(relu[static_cast<uint8_t>(static_cast<int8_t>(q))], static_cast<int8_t>(code)) << q;
+  }
+  const auto mapped = [&](const torch::Tensor& codes) {
+    torch::Tensor m = codes.contiguous().clone();
+    for (int64_t i = 0; i < m.numel(); ++i)
+      m.data_ptr<int8_t>()[i] = relu[static_cast<uint8_t>(m.data_ptr<int8_t>()[i])];
+    return m;
+  };
+  const PackedWeight wl = pack_weight(torch::randn({16, 40}) * 0.1, torch::randn({16}) * 0.1, QuantSpec::weight_default(), in);
+  const PackedWeight w1 = pack_weight(torch::randn({12, 4, 3}) * 0.1, torch::randn({12}) * 0.1, QuantSpec::weight_default(), in);
+  const PackedWeight w2 = pack_weight(torch::randn({10, 6, 1, 3}) * 0.1, torch::randn({10}) * 0.1, QuantSpec::weight_default(), in);
+  const Int8Conv g1{{2}, {2}, {2}, 2}, g2{{1, 2}, {0, 1}, {1, 1}, 1};
+  struct Case {
+    torch::Tensor x;
+    const PackedWeight* w;
+    const Int8Conv* g;
+    std::function<torch::Tensor(const torch::Tensor&)> ref;  // int8 codes in -> int8 codes out
+  };
+  const std::vector<Case> cases = {
+      {torch::randn({3, 5, 40}) * 2, &wl, nullptr, [&](const torch::Tensor& q) { return int8_linear(q, in, wl, out); }},
+      {torch::randn({2, 8, 19}) * 2, &w1, &g1, [&](const torch::Tensor& q) { return int8_conv1d(q, in, w1, out, 2, 2, 2, 2); }},
+      {torch::randn({2, 6, 3, 11}) * 2, &w2, &g2,
+       [&](const torch::Tensor& q) { return int8_conv2d(q, in, w2, out, {1, 2}, {0, 1}, {1, 1}, 1); }},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const torch::Tensor xq = quantize_tensor(c.x, in);
+    const torch::Tensor want = c.ref(xq);
+    const torch::Tensor codes = int8_op_fused(c.x, in, *c.w, out, c.g, Int8Output{true, nullptr});
+    ASSERT_EQ(codes.scalar_type(), torch::kInt8);
+    EXPECT_TRUE(torch::equal(codes, want)) << "case " << i;
+    EXPECT_TRUE(torch::equal(int8_op_fused(c.x, in, *c.w, out, c.g, Int8Output{true, relu.data()}), mapped(want)))
+        << "case " << i;
+    // int8 in: the same as quantizing the float input here; float out: the dequantized codes.
+    EXPECT_TRUE(torch::equal(int8_op_fused(xq, in, *c.w, out, c.g, Int8Output{}), dequantize_tensor(want, out)))
+        << "case " << i;
+    EXPECT_TRUE(torch::equal(int8_op_fused(xq, in, *c.w, out, c.g, Int8Output{true, relu.data()}), mapped(want)))
+        << "case " << i;
+  }
+  EXPECT_THROW(int8_op_fused(cases[0].x, in, wl, out, nullptr, Int8Output{false, relu.data()}), Error);
+}
+
+// Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
+// chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 2 per pose_nano
+// forward: the feed-forward and the keypoint head) and give the same outputs, bit for bit, as the
+// same model with every op dequantizing and the float functions in between.
+TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  for (const auto& [preset, chains] : std::vector<std::pair<std::string, int64_t>>{{"wiflow_tiny", 10}, {"pose_nano", 2}}) {
+    const Converted c = convert_preset(preset, 31);
+    torch::NoGradGuard g;
+    ASSERT_TRUE(int8_chaining());
+    const int64_t before = int8_chain_runs();
+    const torch::Tensor chained = c.model->forward(c.x);
+    EXPECT_EQ(int8_chain_runs() - before, chains) << preset;
+    set_int8_chaining(false);
+    const torch::Tensor plain = c.model->forward(c.x);
+    set_int8_chaining(true);
+    EXPECT_EQ(int8_chain_runs() - before, chains) << preset;  // none while off
+    EXPECT_TRUE(torch::equal(chained, plain)) << preset << ": max diff " << (chained - plain).abs().max().item<double>();
+    // Training mode and fake-quant models never chain.
+    c.model->train();
+    c.model->forward(c.x);
+    c.model->eval();
+    EXPECT_EQ(int8_chain_runs() - before, chains) << preset;
+  }
+}
+
 // ---- sub-byte weights ------------------------------------------------------------------------------
 
 TEST(BitPack, HandComputedLayouts) {
