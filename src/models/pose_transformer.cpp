@@ -1,5 +1,6 @@
 #include "models/pose_transformer.h"
 
+#include <ATen/Parallel.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/functional/linear.h>
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "quant/small_matmul.h"
 #include "common/config_node.h"
 
 namespace csipose {
@@ -202,6 +204,39 @@ torch::Tensor standardize_per_sample(const torch::Tensor& x) {
   return (centered / (std + 1e-6)).view(x.sizes());
 }
 
+torch::Tensor standardized_tokens(const torch::Tensor& x) {
+  CSIPOSE_CHECK(x.dim() == 4 && x.size(0) > 0, "standardized_tokens: expected (N, A, S, T), got ", x.sizes());
+  const int64_t N = x.size(0), A = x.size(1), S = x.size(2), T = x.size(3), n = A * S * T;
+  const bool grad = torch::GradMode::is_enabled() && x.requires_grad();
+  if (grad || x.scalar_type() != torch::kFloat || !x.device().is_cpu() || n < 2)
+    return standardize_per_sample(x).permute({0, 3, 1, 2}).reshape({N, T, A * S});
+  const torch::Tensor xc = x.contiguous();
+  torch::Tensor out = torch::empty({N, T, A * S}, x.options());
+  const float* src = xc.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* xs = src + i * n;
+      double sum = 0.0;
+      for (int64_t j = 0; j < n; ++j) sum += xs[j];
+      const auto mean = static_cast<float>(sum / static_cast<double>(n));
+      double sq = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const float c = xs[j] - mean;
+        sq += static_cast<double>(c * c);
+      }
+      // As the torch-op form: unbiased variance, float32 sqrt, + 1e-6 in float32, one division.
+      const float sd = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1)));
+      const float denom = sd + 1e-6f;
+      float* os = dst + i * n;
+      // x[a][s][t] -> tokens[t][a * S + s]
+      for (int64_t as = 0; as < A * S; ++as)
+        for (int64_t t = 0; t < T; ++t) os[t * A * S + as] = (xs[as * T + t] - mean) / denom;
+    }
+  });
+  return out;
+}
+
 // ---- attention and encoder layers -------------------------------------------------------------
 
 PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, double dropout)
@@ -300,8 +335,8 @@ torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::
   if (je.defined()) parts.push_back(je.unsqueeze(0).expand({N, K, je.size(1)}));  // (N, K, e)
   parts.push_back(kp0);                                                              // (N, K, 2)
   torch::Tensor f = torch::relu(inp(torch::cat(parts, /*dim=*/-1)));                 // (N, K, g)
-  f = torch::relu(g1(torch::matmul(adjacency_, f)));
-  f = torch::relu(g2(torch::matmul(adjacency_, f)));
+  f = torch::relu(g1(small_matmul(adjacency_, f)));
+  f = torch::relu(g2(small_matmul(adjacency_, f)));
   return kp0 + refine_scale_ * torch::tanh(out(f));
 }
 
@@ -337,7 +372,7 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
                 "pose_transformer: expected input (N, ", c.antennas, ", ", c.subcarriers, ", ", c.packets, "), got ",
                 x.sizes());
   const int64_t N = x.size(0);
-  const torch::Tensor tokens = standardize_per_sample(x).permute({0, 3, 1, 2}).reshape({N, c.tokens(), c.token_dim()});
+  const torch::Tensor tokens = standardized_tokens(x);  // (N, T, A * S)
   const torch::Tensor h = tf(proj(tokens) + pos);              // (N, T, d)
   const torch::Tensor w = torch::softmax(att(h), /*dim=*/1);  // (N, T, 1)
   return (w * h).sum(/*dim=*/1);                              // (N, d)

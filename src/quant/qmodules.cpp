@@ -10,6 +10,7 @@
 
 #include "common/check.h"
 #include "quant/fake_quant.h"
+#include "quant/small_matmul.h"
 
 namespace csipose {
 
@@ -488,17 +489,17 @@ torch::Tensor QLinearImpl::forward(const torch::Tensor& x) {
 }
 
 torch::Tensor QMatmulImpl::forward(const torch::Tensor& a, const torch::Tensor& b) {
-  if (!hook || hook->mode() == QuantMode::off) return torch::matmul(a, b);
+  if (!hook || hook->mode() == QuantMode::off) return small_matmul(a, b);
   if (hook->mode() == QuantMode::int8) {
     const auto* s = hook->int8_state();
-    if (s->inputs.empty()) return torch::matmul(a, b);
+    if (s->inputs.empty()) return small_matmul(a, b);
     const Rounding r = hook->activation_rounding();
     if (int8_fused_available(a.device())) return int8_matmul_float(a, s->inputs[0], b, s->inputs[1], *s->output, r);
     const torch::Tensor aq = quantize_tensor(a.contiguous(), s->inputs[0], r);
     const torch::Tensor bq = quantize_tensor(b.contiguous(), s->inputs[1], r);
     return dequantize_tensor(int8_matmul(aq, s->inputs[0], bq, s->inputs[1], *s->output, r), *s->output);
   }
-  return hook->output(torch::matmul(hook->input(a, 0), hook->input(b, 1)));
+  return hook->output(small_matmul(hook->input(a, 0), hook->input(b, 1)));
 }
 
 std::optional<Int8Conv> QConv1dImpl::int8_geometry() const {

@@ -190,6 +190,20 @@ TEST(PoseTransformer, StandardizationMakesOutputsInvariantToPerSampleAffineInput
   const torch::Tensor s = standardize_per_sample(x).reshape({4, -1});
   EXPECT_TRUE(torch::allclose(s.mean(1), torch::zeros({4}), 0, 1e-5));
   EXPECT_TRUE(torch::allclose(s.std(1), torch::ones({4}), 0, 1e-5));  // torch::std is unbiased
+  // The fused token form is the torch-op form, permuted to (N, T, A * S), to float rounding; with
+  // a gradient to record it is that form itself.
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor want = standardize_per_sample(x).permute({0, 3, 1, 2}).reshape({4, 10, 342});
+    const torch::Tensor got = standardized_tokens(x);
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_TRUE(torch::allclose(got, want, 1e-5, 1e-6)) << (got - want).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(standardized_tokens(x * 7.0 - 2.0), want, 1e-5, 1e-5));
+  }
+  const torch::Tensor xg = x.clone().requires_grad_(true);
+  const torch::Tensor tg = standardized_tokens(xg);
+  EXPECT_TRUE(tg.requires_grad());
+  EXPECT_TRUE(torch::equal(tg.detach(), standardize_per_sample(x).permute({0, 3, 1, 2}).reshape({4, 10, 342})));
   PoseTransformer m = make("pose_micro");
   m->eval();
   torch::NoGradGuard no_grad;

@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "quant/fake_quant.h"
 #include "quant/qmodules.h"
+#include "quant/small_matmul.h"
 #include "testing.h"
 
 namespace csipose {
@@ -130,6 +131,62 @@ TEST(QModules, ObserverStateRoundTrips) {
   auto other = default_hook("y");
   EXPECT_NE(error_of([&] { other->load_state(h->state()); }).find("given to y"), std::string::npos);
   EXPECT_NE(error_of([&] { default_hook("z")->output_qparams(); }).find("observed nothing"), std::string::npos);
+}
+
+// small_matmul: the products of every layout the models use (broadcast batch dimensions, a 2-D
+// adjacency over a batch, transposed attention operands, a b that is not contiguous along n) are
+// exact on integer-valued matrices (every partial sum is an integer below 2^24) and within float
+// rounding of torch::matmul on random ones; autograd, big matrices and other dtypes go to
+// torch::matmul itself.
+TEST(SmallMatmul, ExactProductsForEveryLayoutAndTorchMatmulElsewhere) {
+  torch::manual_seed(4);
+  torch::NoGradGuard no_grad;
+  const auto ints = [](std::vector<int64_t> shape) { return torch::randint(-9, 10, shape).to(torch::kFloat); };
+  const auto exact = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return torch::matmul(a.to(torch::kDouble), b.to(torch::kDouble)).to(torch::kFloat);
+  };
+  struct Case {
+    const char* what;
+    torch::Tensor a, b;
+  };
+  const torch::Tensor qkv = ints({6, 96, 20});
+  const torch::Tensor q = qkv.narrow(1, 0, 32).reshape({6, 4, 8, 20}), k = qkv.narrow(1, 32, 32).reshape({6, 4, 8, 20});
+  const torch::Tensor heads = ints({3, 2, 10, 32}), keys = ints({3, 2, 10, 32});
+  const std::vector<Case> cases = {
+      {"adjacency (17, 17) @ (5, 17, 64)", ints({17, 17}), ints({5, 17, 64})},
+      {"axial scores q^T k", q.transpose(2, 3), k},
+      {"axial context v s^T", k, ints({6, 4, 20, 20}).transpose(2, 3)},
+      {"pose scores q k^T (b not contiguous along n)", heads, keys.transpose(-2, -1)},
+      {"broadcast (2, 1, 3, 4) @ (5, 4, 2)", ints({2, 1, 3, 4}), ints({5, 4, 2})},
+      {"n = 1", ints({4, 7, 3}), ints({4, 3, 1})},
+  };
+  for (const Case& c : cases) {
+    const torch::Tensor y = small_matmul(c.a, c.b);
+    EXPECT_TRUE(torch::equal(y, exact(c.a, c.b))) << c.what;
+    const torch::Tensor ra = torch::randn(c.a.sizes()), rb = torch::randn(c.b.sizes());
+    EXPECT_TRUE(torch::allclose(small_matmul(ra, rb), torch::matmul(ra, rb), 1e-5, 1e-5)) << c.what;
+  }
+  // Hand-computed: [[1, 2], [3, 4]] @ [[5, 6], [7, 8]] = [[19, 22], [43, 50]], twice in a batch.
+  const torch::Tensor a = torch::tensor({1.0f, 2.0f, 3.0f, 4.0f}).reshape({1, 2, 2}).expand({2, 2, 2});
+  const torch::Tensor b = torch::tensor({5.0f, 6.0f, 7.0f, 8.0f}).reshape({2, 2});
+  EXPECT_TRUE(torch::equal(small_matmul(a, b), torch::tensor({19.0f, 22.0f, 43.0f, 50.0f}).reshape({1, 2, 2}).expand({2, 2, 2})));
+  // Empty batches and shape errors behave as torch::matmul.
+  EXPECT_EQ(small_matmul(torch::zeros({0, 3, 4}), torch::zeros({4, 5})).sizes(), (std::vector<int64_t>{0, 3, 5}));
+  EXPECT_THROW(small_matmul(torch::zeros({2, 3, 4}), torch::zeros({5, 2})), c10::Error);
+  // Big matrices and float64 are torch::matmul's own results.
+  const torch::Tensor big_a = torch::randn({2, 64, 64}), big_b = torch::randn({64, 64});
+  EXPECT_TRUE(torch::equal(small_matmul(big_a, big_b), torch::matmul(big_a, big_b)));
+  const torch::Tensor da = torch::randn({3, 4, 5}, torch::kDouble), db = torch::randn({5, 2}, torch::kDouble);
+  EXPECT_TRUE(torch::equal(small_matmul(da, db), torch::matmul(da, db)));
+}
+
+TEST(SmallMatmul, AutogradGoesThroughTorchMatmul) {
+  const torch::Tensor a = torch::randn({4, 3, 5}, torch::requires_grad()), b = torch::randn({4, 5, 2});
+  const torch::Tensor y = small_matmul(a, b);
+  ASSERT_TRUE(y.requires_grad());
+  y.sum().backward();
+  // d(sum(a @ b)) / da[i, r, k] = sum_j b[i, k, j]
+  EXPECT_TRUE(torch::allclose(a.grad(), b.sum(-1).unsqueeze(1).expand({4, 3, 5}), 1e-5, 1e-6));
 }
 
 }  // namespace

@@ -1,0 +1,85 @@
+#include "quant/small_matmul.h"
+
+#include <ATen/ExpandUtils.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace csipose {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_MM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CSIPOSE_MM_CLONES
+#endif
+
+/// c (m x n, row-major, overwritten) = a (m x k, strides sam, sak) @ b (k x n, rows ldb apart,
+/// contiguous along n): for each output row, axpy of b's rows (the inner loop vectorizes).
+CSIPOSE_MM_CLONES
+void matmul_rows(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c, int64_t m, int64_t k,
+                 int64_t n) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * n;
+    for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float aik = a[i * sam + kk * sak];
+      const float* bk = b + kk * ldb;
+      for (int64_t j = 0; j < n; ++j) ci[j] += aik * bk[j];
+    }
+  }
+}
+
+/// Offsets of every batch item of an expanded tensor (row-major order of its batch dimensions).
+std::vector<int64_t> batch_offsets(const torch::Tensor& t, int64_t batch_dims) {
+  int64_t count = 1;
+  for (int64_t d = 0; d < batch_dims; ++d) count *= t.size(d);
+  std::vector<int64_t> off(static_cast<size_t>(count), 0);
+  std::vector<int64_t> idx(static_cast<size_t>(batch_dims), 0);
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t o = 0;
+    for (int64_t d = 0; d < batch_dims; ++d) o += idx[static_cast<size_t>(d)] * t.stride(d);
+    off[static_cast<size_t>(i)] = o;
+    for (int64_t d = batch_dims - 1; d >= 0; --d) {
+      if (++idx[static_cast<size_t>(d)] < t.size(d)) break;
+      idx[static_cast<size_t>(d)] = 0;
+    }
+  }
+  return off;
+}
+
+}  // namespace
+
+torch::Tensor small_matmul(const torch::Tensor& a, const torch::Tensor& b) {
+  const bool grad = torch::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad());
+  if (grad || a.dim() < 2 || b.dim() < 2 || a.scalar_type() != torch::kFloat || b.scalar_type() != torch::kFloat ||
+      !a.device().is_cpu() || !b.device().is_cpu() || a.size(-1) != b.size(-2))
+    return torch::matmul(a, b);
+  const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  if (m * k * n > kSmallMatmulMaxWork || k == 0) return torch::matmul(a, b);
+  const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
+  std::vector<int64_t> ea = batch, eb = batch, out = batch;
+  ea.insert(ea.end(), {m, k});
+  eb.insert(eb.end(), {k, n});
+  out.insert(out.end(), {m, n});
+  const auto nbd = static_cast<int64_t>(batch.size());
+  const torch::Tensor ae = a.expand(ea);
+  // b contiguous along n for the kernel's inner loop (attention's k^T is not: one packed copy).
+  const torch::Tensor be = b.stride(-1) == 1 || n == 1 ? b.expand(eb) : b.contiguous().expand(eb);
+  torch::Tensor y = torch::empty(out, a.options());
+  if (y.numel() == 0) return y;
+  const int64_t nb = y.numel() / (m * n);
+  const std::vector<int64_t> oa = batch_offsets(ae, nbd), ob = batch_offsets(be, nbd);
+  const float* ap = ae.data_ptr<float>();
+  const float* bp = be.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t sam = ae.stride(-2), sak = ae.stride(-1), ldb = be.stride(-2);
+  at::parallel_for(0, nb, std::max<int64_t>(1, 32768 / std::max<int64_t>(m * k * n, 1)), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i)
+      matmul_rows(ap + oa[static_cast<size_t>(i)], sam, sak, bp + ob[static_cast<size_t>(i)], ldb, yp + i * m * n, m, k, n);
+  });
+  return y;
+}
+
+}  // namespace csipose
