@@ -371,8 +371,7 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
   CSIPOSE_CHECK(x.dim() == 4 && x.size(1) == c.antennas && x.size(2) == c.subcarriers && x.size(3) == c.packets,
                 "pose_transformer: expected input (N, ", c.antennas, ", ", c.subcarriers, ", ", c.packets, "), got ",
                 x.sizes());
-  const int64_t N = x.size(0);
-  const torch::Tensor tokens = standardized_tokens(x);  // (N, T, A * S)
+  const torch::Tensor tokens = standardized_tokens(x);        // (N, T, A * S)
   const torch::Tensor h = tf(proj(tokens) + pos);              // (N, T, d)
   const torch::Tensor w = torch::softmax(att(h), /*dim=*/1);  // (N, T, 1)
   return (w * h).sum(/*dim=*/1);                              // (N, d)
