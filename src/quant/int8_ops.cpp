@@ -557,17 +557,6 @@ void requant_span_even(const int32_t* src, const uint32_t* add, const float* mul
   }
 }
 
-/// The same with one add and one multiplier for the whole span (a conv output row).
-CSIPOSE_SIMD_CLONES
-void requant_span_even_uniform(const int32_t* src, uint32_t add, float mult, int64_t n, float zp, float lo, float hi,
-                               float s_out, float* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add);
-    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult) + zp), lo, hi);
-    dst[i] = (u - zp) * s_out;
-  }
-}
-
 /// The int8 codes themselves (no dequantize): an int8 op that hands its output to the next one.
 CSIPOSE_SIMD_CLONES
 void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
@@ -575,16 +564,6 @@ void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* m
   for (int64_t i = 0; i < n; ++i) {
     const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add[i]);
     const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult[i]) + zp), lo, hi);
-    dst[i] = static_cast<int8_t>(static_cast<int32_t>(u));
-  }
-}
-
-CSIPOSE_SIMD_CLONES
-void requant_span_even_uniform_q(const int32_t* src, uint32_t add, float mult, int64_t n, float zp, float lo, float hi,
-                                 int8_t* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add);
-    const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * mult) + zp), lo, hi);
     dst[i] = static_cast<int8_t>(static_cast<int32_t>(u));
   }
 }
@@ -712,16 +691,16 @@ torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p
   return q;
 }
 
-/// Requantize (+ dequantize) in one pass: raw int32 GEMM results of a (N, G, Og, P) output (element
-/// (n, g, og, p) at raw[n * sn + g * sg + og * so + p * sp]), the zero-point term comp[o] (int64,
-/// o = g * Og + og) and bias[o] (int32) give acc + bias; then the contract's float32 requantize with
-/// mult[o], and the output dequantize (float32 (N, G * Og, P), equal bit for bit to
+/// Requantize (+ dequantize) in one pass: the contiguous raw int32 GEMM result of a (N, G, Og, P)
+/// output (row n * O + o holds channel o = g * Og + og), the zero-point term comp[o] (int64) and
+/// bias[o] (int32) give acc + bias; then the contract's float32 requantize with mult[o], and the
+/// output dequantize (float32 (N, O, P), equal bit for bit to
 /// dequantize_tensor(requantize_tensor(acc, bias, mult, out))), or the int8 codes themselves mapped
-/// through `out_spec`'s table (int8 (N, G * Og, P)).
-torch::Tensor requantize_conv_cpu(const torch::Tensor& raw, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
-                                  const torch::Tensor& comp, const torch::Tensor& bias, const std::vector<float>& mult,
-                                  const QuantParams& out, const Int8Output& out_spec, Rounding r) {
-  const int64_t n = sizes[0], g = sizes[1], og = sizes[2], np = sizes[3], o = g * og;
+/// through `out_spec`'s table (int8 (N, O, P)).
+torch::Tensor requantize_conv_cpu(const torch::Tensor& raw, int64_t n, int64_t o, int64_t np, const torch::Tensor& comp,
+                                  const torch::Tensor& bias, const std::vector<float>& mult, const QuantParams& out,
+                                  const Int8Output& out_spec, Rounding r) {
+  CSIPOSE_CHECK(raw.is_contiguous() && raw.numel() == n * o * np, "requantize_conv_cpu: internal layout mismatch");
   const bool q_out = out_spec.int8;
   torch::Tensor y = torch::empty({n, o, np}, raw.options().dtype(q_out ? torch::kInt8 : torch::kFloat));
   const int32_t* src = raw.data_ptr<int32_t>();
@@ -734,41 +713,25 @@ torch::Tensor requantize_conv_cpu(const torch::Tensor& raw, std::array<int64_t, 
   float* dst_f = q_out ? nullptr : y.data_ptr<float>();
   int8_t* dst_q = q_out ? y.data_ptr<int8_t>() : nullptr;
   const int8_t* table = out_spec.table;
-  const bool rows_contiguous = strides[3] == 1 && strides[2] == np && strides[1] == og * np && strides[0] == o * np;
-  if (r == Rounding::half_even && rows_contiguous) {
-    // Per-channel constants once, then blocks of whole rows per call (requant_rows_even).
-    std::vector<uint32_t> add32(static_cast<size_t>(o));
-    std::vector<float> mv(static_cast<size_t>(o));
-    for (int64_t c = 0; c < o; ++c) {
-      // acc + bias fits int32 (pack_weight's bound): the wrapped 32-bit constant adds up exactly.
-      add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
-      mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
-    }
-    at::parallel_for(0, n * o, std::max<int64_t>(1, 16384 / std::max<int64_t>(np, 1)), [&](int64_t b, int64_t e) {
+  // Per-channel constants once. acc + bias fits int32 (pack_weight's bound): the wrapped 32-bit
+  // constant adds up to it exactly.
+  std::vector<uint32_t> add32(static_cast<size_t>(o));
+  std::vector<float> mv(static_cast<size_t>(o));
+  for (int64_t c = 0; c < o; ++c) {
+    add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
+    mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
+  }
+  at::parallel_for(0, n * o, std::max<int64_t>(1, 16384 / std::max<int64_t>(np, 1)), [&](int64_t b, int64_t e) {
+    if (r == Rounding::half_even) {  // blocks of whole rows per call (requant_rows_even)
       requant_rows_even(src + b * np, b, e - b, np, o, add32.data(), mv.data(), zp, lo, hi, s_out,
                         dst_f ? dst_f + b * np : nullptr, dst_q ? dst_q + b * np : nullptr, table);
-    });
-    return y;
-  }
-  at::parallel_for(0, n * o, 16, [&](int64_t b, int64_t e) {
+      return;
+    }
     for (int64_t row = b; row < e; ++row) {
-      const int64_t ni = row / o, oi = row % o, gi = oi / og, ogi = oi % og;
-      const int32_t* s_row = src + ni * strides[0] + gi * strides[1] + ogi * strides[2];
-      // acc + bias fits int32 (pack_weight's bound), so this int64 sum converts exactly.
-      const int64_t add = (bp ? static_cast<int64_t>(bp[oi]) : 0) - (cp ? cp[oi] : 0);
-      const float m = mult[static_cast<size_t>(mult.size() == 1 ? 0 : oi)];
-      if (r == Rounding::half_even && strides[3] == 1) {
-        if (q_out) {
-          requant_span_even_uniform_q(s_row, wrap32(add), m, np, zp, lo, hi, dst_q + row * np);
-          if (table != nullptr) apply_lut(dst_q + row * np, np, table);
-        } else {
-          requant_span_even_uniform(s_row, wrap32(add), m, np, zp, lo, hi, s_out, dst_f + row * np);
-        }
-        continue;
-      }
+      const int64_t c = row % o;
       for (int64_t pi = 0; pi < np; ++pi) {
-        const int32_t sum = static_cast<int32_t>(static_cast<int64_t>(s_row[pi * strides[3]]) + add);
-        float u = round_one(static_cast<float>(sum) * m, r) + zp;
+        const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(src[row * np + pi]) + add32[static_cast<size_t>(c)]);
+        float u = round_one(static_cast<float>(sum) * mv[static_cast<size_t>(c)], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
         if (q_out) {
           const auto q = static_cast<int8_t>(static_cast<int32_t>(u));
@@ -915,8 +878,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
   CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_fused: internal im2col size mismatch");
   const torch::Tensor raw = onednn_s8_gemm(wg, cols);  // (N, G, Og, P), contiguous
-  torch::Tensor y = requantize_conv_cpu(raw, {n, groups, og, positions}, {groups * og * positions, og * positions, positions, 1},
-                                        comp, w.bias_q, mult, out_qp, out_spec, r);
+  torch::Tensor y = requantize_conv_cpu(raw, n, c_out, positions, comp, w.bias_q, mult, out_qp, out_spec, r);
   std::vector<int64_t> out_shape = {n, c_out};
   out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
   return y.reshape(out_shape);
