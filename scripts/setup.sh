@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build git pkg-config
   libtorch-dev libopenblas0-pthread          # LibTorch 1.13 (CPU) + a fast BLAS (reference BLAS is ~50x slower)
-  libdnnl-dev                                # oneDNN 2.6: the fast CPU int8 backend (quant/int8_backend.h)
+  libdnnl-dev ocl-icd-opencl-dev             # oneDNN 2.6: the fast CPU int8 backend (quant/int8_backend.h); its CMake config needs OpenCL
   libyaml-cpp-dev libboost-program-options-dev zlib1g-dev
   libgtest-dev libgmock-dev
   python3-torch python3-numpy                # cross-checks in tests only (Debian's /usr/bin/python3)
