@@ -17,6 +17,7 @@
 #include "common/atomic_file.h"
 #include "common/config_node.h"
 #include "common/device.h"
+#include "common/op_profile.h"
 #include "common/version.h"
 #include "data/loader.h"
 #include "models/checkpoint.h"
@@ -368,7 +369,7 @@ int64_t peak_rss_kib() { return status_kib("VmHWM:"); }
 int infer_bench(const Args& args) {
   po::options_description desc("options");
   std::string checkpoint, backend;
-  int64_t batch = 1, iters = 200, warmup = 20, threads = 0;
+  int64_t batch = 1, iters = 200, warmup = 20, threads = 0, profile = 0;
   desc.add_options()
       ("checkpoint", po::value(&checkpoint)->required(), "fp32 checkpoint / weight file or int8 .csq")
       ("batch-size", po::value(&batch)->default_value(1), "batch size of every forward")
@@ -376,13 +377,16 @@ int infer_bench(const Args& args) {
       ("warmup", po::value(&warmup)->default_value(20), "untimed forwards first")
       ("threads", po::value(&threads)->default_value(0), "LibTorch's CPU threads; OpenBLAS keeps one (0 = all cores)")
       ("int8-backend", po::value(&backend)->default_value(onednn_available() ? "onednn" : "reference"),
-       "int8 accumulators: onednn | reference (quant/int8_backend.h)");
+       "int8 accumulators: onednn | reference (quant/int8_backend.h)")
+      ("profile", po::value(&profile)->default_value(0),
+       "after the timed forwards, N more under an op profiler: a table of the ops' self time to stderr");
   po::variables_map vm;
-  if (!parse_options("infer-bench", "--checkpoint C [--batch-size 1] [--iters 200] [--threads N] [--int8-backend B]",
+  if (!parse_options("infer-bench",
+                     "--checkpoint C [--batch-size 1] [--iters 200] [--threads N] [--int8-backend B] [--profile N]",
                      desc, args, vm))
     return 0;
-  CSIPOSE_CHECK(batch >= 1 && iters >= 1 && warmup >= 0 && threads >= 0,
-                "infer-bench: needs --batch-size >= 1, --iters >= 1, --warmup >= 0, --threads >= 0");
+  CSIPOSE_CHECK(batch >= 1 && iters >= 1 && warmup >= 0 && threads >= 0 && profile >= 0,
+                "infer-bench: needs --batch-size >= 1, --iters >= 1, --warmup >= 0, --threads >= 0, --profile >= 0");
   set_int8_backend(parse_int8_backend(backend));
   if (threads > 0) set_cpu_threads(threads);
   // What the model adds to the process (weights, activations, kernels' code and scratch), apart
@@ -422,6 +426,20 @@ int infer_bench(const Args& args) {
   j.set("peak_rss_kib", peak_rss_kib()).set("model_rss_kib", status_kib("VmRSS:") - rss_before);
   set_runtime_fields(j);
   std::cout << j.dump() << std::endl;
+  if (profile > 0) {
+    // Separate forwards: the profiler's per-op cost stays out of the timings above. Shares are of
+    // these profiled forwards' own wall time.
+    OpProfile ops;
+    const auto p0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < profile; ++i) (void)model->forward(x);
+    const double profiled_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count() / profile;
+    ops.stop();
+    std::cerr << "## " << checkpoint << ": " << (int8 ? "int8" : "fp32") << ", batch " << batch << ", "
+              << torch::get_num_threads() << " thread(s), " << profile << " profiled forwards of " << profiled_ms
+              << " ms (unprofiled p50 " << pct(0.5) << " ms)\n\n"
+              << format_op_table(ops.by_self_time(), profile, profiled_ms, 25);
+  }
   return 0;
 }
 

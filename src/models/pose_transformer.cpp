@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "quant/row_softmax.h"
 #include "quant/small_matmul.h"
 #include "common/config_node.h"
 
@@ -263,7 +264,7 @@ torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
   const torch::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
   torch::Tensor w = scores_mm(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (N, H, T, T)
-  w = torch::softmax(w, /*dim=*/-1);
+  w = row_softmax(w.contiguous());  // torch::softmax(w, -1) under autograd; the row kernel in inference
   w = torch::dropout(w, dropout_, is_training());
   const torch::Tensor o = context_mm(w, v).transpose(1, 2).reshape({N, T, d});  // (N, T, d)
   return out_proj(o);

@@ -11,6 +11,7 @@
 
 #include "common/check.h"
 #include "common/config_node.h"
+#include "quant/row_softmax.h"
 
 namespace csipose {
 namespace {
@@ -419,11 +420,27 @@ torch::Tensor AxialAttentionImpl::forward(const torch::Tensor& x) {
   const torch::Tensor k = qkv.narrow(1, C, C).reshape({B, groups_, cg, L});
   const torch::Tensor v = qkv.narrow(1, 2 * C, C).reshape({B, groups_, cg, L});
   torch::Tensor scores = scores_mm(q.transpose(2, 3), k);                          // (B, G, L_i, L_j)
-  scores = torch::softmax(bn_similarity(scores), /*dim=*/-1);                      // over j
+  scores = similarity_softmax(scores);                                             // over j
   const torch::Tensor out = context_mm(v, scores.transpose(2, 3))                  // (B, G, C/G, L_i)
                                 .reshape({B, C, L});
   const torch::Tensor y = bn_output(out).view({N, other, C, L});
   return along_width_ ? y.permute({0, 2, 1, 3}) : y.permute({0, 2, 3, 1});         // (N, C, H, W)
+}
+
+torch::Tensor AxialAttentionImpl::similarity_softmax(const torch::Tensor& scores) {
+  // Training: the BatchNorm normalizes with (and updates) batch statistics. Evaluation: it is a
+  // per-group affine map, folded into one row_softmax pass (quant/row_softmax.h).
+  if (is_training()) return torch::softmax(bn_similarity(scores), /*dim=*/-1);
+  const auto& bn = *bn_similarity;
+  const auto& o = bn.options;
+  CSIPOSE_CHECK(o.track_running_stats(), "axial attention: bn_similarity without running statistics");
+  torch::Tensor a = torch::rsqrt(bn.running_var + o.eps());
+  torch::Tensor b = -bn.running_mean * a;
+  if (o.affine()) {
+    a = a * bn.weight;
+    b = b * bn.weight + bn.bias;
+  }
+  return row_softmax(scores.contiguous(), a.to(torch::kFloat), b.to(torch::kFloat));
 }
 
 DualAxialAttentionImpl::DualAxialAttentionImpl(int64_t channels, int64_t groups) {

@@ -150,6 +150,8 @@ class AxialAttentionImpl : public torch::nn::Module {
  public:
   AxialAttentionImpl(int64_t channels, int64_t groups, bool along_width);
   torch::Tensor forward(const torch::Tensor& x);
+  /// softmax(bn_similarity(scores), -1); scores: (B, G, L, L).
+  torch::Tensor similarity_softmax(const torch::Tensor& scores);
 
  private:
   int64_t channels_, groups_;

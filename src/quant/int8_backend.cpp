@@ -183,6 +183,7 @@ torch::Tensor onednn_s8_gemm(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 void onednn_s8_gemm_raw(const S8GemmRaw& g) {
+  RECORD_FUNCTION("csipose::onednn_s8_gemm_raw", std::vector<c10::IValue>());
   const int64_t m = g.m, k = g.k, n = g.n;
   CSIPOSE_CHECK(m > 0 && k > 0 && n > 0 && g.batch > 0 && g.lda >= k && g.ldc >= n &&
                     (g.b_stride_k == 1 || g.b_stride_n == 1) && g.a != nullptr && g.b != nullptr && g.c != nullptr,

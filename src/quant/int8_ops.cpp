@@ -932,9 +932,12 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   // (contiguous reads) and handed to oneDNN as column-major.
   const torch::Tensor be = b.expand(eb);
   const bool b_colmajor = k > 1 && n > 1 && be.stride(-2) == 1 && be.stride(-1) == k;
-  CSIPOSE_CHECK(quantize_strided_into(a.expand(ea), aq_buf.data(), a_qp, r) &&
-                    quantize_strided_into(b_colmajor ? be.transpose(-2, -1) : be, bq_buf.data(), b_qp, r),
-                "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  {
+    RECORD_FUNCTION("csipose::int8_matmul_quantize", std::vector<c10::IValue>());
+    CSIPOSE_CHECK(quantize_strided_into(a.expand(ea), aq_buf.data(), a_qp, r) &&
+                      quantize_strided_into(b_colmajor ? be.transpose(-2, -1) : be, bq_buf.data(), b_qp, r),
+                  "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  }
   const int8_t* ap = aq_buf.data();
   const int8_t* bp = bq_buf.data();
   const int32_t* rp = raw_buf.data();
@@ -958,36 +961,39 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
   // Products per task from their size: a batch-1 attention (two 10x10 heads) stays on the caller's
   // thread instead of paying an OpenMP region for microseconds of work.
   const int64_t work = m * n + k * (m + n);
-  at::parallel_for(0, nb, std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)), [&](int64_t b0, int64_t b1) {
-    std::vector<int64_t> colsum(static_cast<size_t>(n));
-    std::vector<uint32_t> add(static_cast<size_t>(n));
-    const std::vector<float> mults(static_cast<size_t>(n), mult);
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      std::fill(colsum.begin(), colsum.end(), 0);
-      const int8_t* bb = bp + bi * k * n;
-      for (int64_t kk = 0; kk < k; ++kk)
-        for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bb[kk * bsk + j * bsn];
-      for (int64_t i = 0; i < m; ++i) {
-        int64_t rowsum = 0;
-        for (int64_t kk = 0; kk < k; ++kk) rowsum += ap[(bi * m + i) * k + kk];
-        const int64_t c = k * za * zb - zb * rowsum;
-        const int32_t* rrow = rp + (bi * m + i) * n;
-        float* yrow = yp + (bi * m + i) * n;
-        if (r == Rounding::half_even) {
-          // acc fits int32 (check_matmul_bound), so the wrapped 32-bit terms add up to it exactly.
-          for (int64_t j = 0; j < n; ++j) add[static_cast<size_t>(j)] = wrap32(c - za * colsum[static_cast<size_t>(j)]);
-          requant_span_even(rrow, add.data(), mults.data(), n, zo, lo, hi, s_out, yrow);
-          continue;
-        }
-        for (int64_t j = 0; j < n; ++j) {
-          const int32_t acc = static_cast<int32_t>(rrow[j] - za * colsum[static_cast<size_t>(j)] + c);
-          float u = round_one(static_cast<float>(acc) * mult, r) + zo;
-          u = u < lo ? lo : (u > hi ? hi : u);
-          yrow[j] = (u - zo) * s_out;
+  {
+    RECORD_FUNCTION("csipose::int8_matmul_requantize", std::vector<c10::IValue>());
+    at::parallel_for(0, nb, std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)), [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> colsum(static_cast<size_t>(n));
+      std::vector<uint32_t> add(static_cast<size_t>(n));
+      const std::vector<float> mults(static_cast<size_t>(n), mult);
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        std::fill(colsum.begin(), colsum.end(), 0);
+        const int8_t* bb = bp + bi * k * n;
+        for (int64_t kk = 0; kk < k; ++kk)
+          for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bb[kk * bsk + j * bsn];
+        for (int64_t i = 0; i < m; ++i) {
+          int64_t rowsum = 0;
+          for (int64_t kk = 0; kk < k; ++kk) rowsum += ap[(bi * m + i) * k + kk];
+          const int64_t c = k * za * zb - zb * rowsum;
+          const int32_t* rrow = rp + (bi * m + i) * n;
+          float* yrow = yp + (bi * m + i) * n;
+          if (r == Rounding::half_even) {
+            // acc fits int32 (check_matmul_bound), so the wrapped 32-bit terms add up to it exactly.
+            for (int64_t j = 0; j < n; ++j) add[static_cast<size_t>(j)] = wrap32(c - za * colsum[static_cast<size_t>(j)]);
+            requant_span_even(rrow, add.data(), mults.data(), n, zo, lo, hi, s_out, yrow);
+            continue;
+          }
+          for (int64_t j = 0; j < n; ++j) {
+            const int32_t acc = static_cast<int32_t>(rrow[j] - za * colsum[static_cast<size_t>(j)] + c);
+            float u = round_one(static_cast<float>(acc) * mult, r) + zo;
+            u = u < lo ? lo : (u > hi ? hi : u);
+            yrow[j] = (u - zo) * s_out;
+          }
         }
       }
-    }
-  });
+    });
+  }
   return y;
 }
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <vector>
@@ -80,6 +81,7 @@ torch::Tensor small_matmul(const torch::Tensor& a, const torch::Tensor& b) {
     return torch::matmul(a, b);
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   if (m * k * n > kSmallMatmulMaxWork || k == 0) return torch::matmul(a, b);
+  RECORD_FUNCTION("csipose::small_matmul", std::vector<c10::IValue>());
   const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
   std::vector<int64_t> ea = batch, eb = batch, out = batch;
   ea.insert(ea.end(), {m, k});

@@ -93,7 +93,9 @@ TEST(Sensitivity, FragileLayerRanksFirstAndAutoBudgetMovesOnlyIt) {
   for (const LayerSensitivity& l : r.layers) {
     EXPECT_GE(l.drop, 0.0) << l.name;  // nothing beats 100%
     EXPECT_DOUBLE_EQ(l.drop, r.fp32 - l.only_this) << l.name;
-    if (l.name != kFragile) EXPECT_LT(l.drop, 2.0) << l.name << "\n" << r.table();
+    if (l.name != kFragile) {
+      EXPECT_LT(l.drop, 2.0) << l.name << "\n" << r.table();
+    }
   }
   // SQNR: the fragile op's own output is the worst of all the ops before it in the model.
   size_t fragile = 0;

@@ -1,0 +1,26 @@
+#pragma once
+// Softmax over the last dimension of many short rows (attention scores: WiFlow's axial attention
+// softmaxes rows of 20 or 10 positions, 11,264 rows per sample at wiflow_half; the pose
+// transformer's heads rows of 10-20 frames).
+//
+// ATen's CPU softmax vectorizes within one row, which for 20-element rows leaves most of each
+// vector empty and pays a row's setup per 20 elements: 11 ms of a 123 ms wiflow_half fp32 forward
+// at batch 64 (more than its axial-attention products). row_softmax works on blocks of rows: the
+// exponentials of a whole block are one flat vectorized loop.
+#include <torch/types.h>
+
+namespace csipose {
+
+/// softmax(x * scale[c] + shift[c], dim = -1), where c is the index along dimension 1 and scale /
+/// shift are per-channel vectors (undefined: 1 and 0). This is an eval-mode BatchNorm over
+/// dimension 1 followed by the softmax, in one pass (WiFlow's bn_similarity -> softmax).
+///
+/// Contiguous float32 CPU tensors of at least 2 dimensions for which no gradient is recorded go
+/// through the row kernel: e^t by a degree-6 polynomial on the reduced argument (Cephes expf, within
+/// 2 ulp of the correctly rounded value; rows are shifted by their maximum first, so t <= 0), the
+/// same float operations on every ISA (no FMA), row sums in index order and a multiply by the
+/// sum's reciprocal. A row holding a NaN comes out all NaN, as in ATen. Anything else (autograd,
+/// CUDA, other dtypes, strided views) is computed with torch ops.
+torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale = {}, const torch::Tensor& shift = {});
+
+}  // namespace csipose
