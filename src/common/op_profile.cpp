@@ -104,7 +104,7 @@ std::string format_op_table(const std::vector<OpTime>& ops, int64_t forwards, do
       rest_self += ops[i].self_ms;
     }
   }
-  if (ops.size() > top) row(std::to_string(ops.size() - top) + " more ops", rest_calls, rest_self, 0, false);
+  if (ops.size() > top) row(std::to_string(ops.size() - top) + " other ops", rest_calls, rest_self, 0, false);
   // Time outside every recorded op: the module code between ops, and the profiler's own cost.
   row("(outside recorded ops)", 0, std::max(0.0, forward_ms * n - recorded), 0, false);
   return s;
