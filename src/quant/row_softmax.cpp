@@ -85,8 +85,9 @@ torch::Tensor reference(const torch::Tensor& x, const torch::Tensor& scale, cons
 torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift) {
   CSIPOSE_CHECK(x.dim() >= 2, "row_softmax: needs at least 2 dimensions, got ", x.dim());
   for (const torch::Tensor* p : {&scale, &shift})
-    CSIPOSE_CHECK(!p->defined() || (p->dim() == 1 && p->size(0) == x.size(1)),
-                  "row_softmax: scale / shift must be vectors of x.size(1) = ", x.size(1), " entries");
+    CSIPOSE_CHECK(!p->defined() || (x.dim() >= 3 && p->dim() == 1 && p->size(0) == x.size(1)),
+                  "row_softmax: scale / shift must be vectors of x.size(1) = ", x.size(1),
+                  " entries, for an x of at least 3 dimensions (x has ", x.dim(), ")");
   const bool grad = torch::GradMode::is_enabled() &&
                     (x.requires_grad() || (scale.defined() && scale.requires_grad()) ||
                      (shift.defined() && shift.requires_grad()));
@@ -99,7 +100,7 @@ torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale, co
   const int64_t n = x.size(-1);
   if (y.numel() == 0 || n == 0) return y;
   const int64_t rows = x.numel() / n, channels = x.size(1);
-  const int64_t rows_per_channel = rows / (x.size(0) * channels);  // rows between two channel steps
+  const int64_t rows_per_channel = x.dim() >= 3 ? rows / (x.size(0) * channels) : 1;  // rows per channel step
   const torch::Tensor a = scale.defined() ? scale.contiguous() : torch::Tensor();
   const torch::Tensor b = shift.defined() ? shift.contiguous() : torch::Tensor();
   const float* ap = a.defined() ? a.data_ptr<float>() : nullptr;
@@ -113,7 +114,7 @@ torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale, co
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       for (int64_t r = b0; r < b1; ++r) {
-        const int64_t c = (r / rows_per_channel) % channels;
+        const int64_t c = affine ? (r / rows_per_channel) % channels : 0;
         shift_row(xp + r * n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f, affine, yp + r * n, n);
       }
       exp_nonpositive(yp + b0 * n, (b1 - b0) * n);

@@ -4,15 +4,15 @@
 // transformer's heads rows of 10-20 frames).
 //
 // ATen's CPU softmax vectorizes within one row, which for 20-element rows leaves most of each
-// vector empty and pays a row's setup per 20 elements: 11 ms of a 123 ms wiflow_half fp32 forward
-// at batch 64 (more than its axial-attention products). row_softmax works on blocks of rows: the
-// exponentials of a whole block are one flat vectorized loop.
+// vector empty and pays a row's setup per 20 elements: 11-16% of a wiflow_half fp32 forward at
+// batch 64 (`infer-bench --profile`; more than its axial-attention products). row_softmax works on
+// blocks of rows: the exponentials of a whole block are one flat vectorized loop.
 #include <torch/types.h>
 
 namespace csipose {
 
 /// softmax(x * scale[c] + shift[c], dim = -1), where c is the index along dimension 1 and scale /
-/// shift are per-channel vectors (undefined: 1 and 0). This is an eval-mode BatchNorm over
+/// shift are per-channel vectors (undefined: 1 and 0; defined only for x of 3 or more dimensions). This is an eval-mode BatchNorm over
 /// dimension 1 followed by the softmax, in one pass (WiFlow's bn_similarity -> softmax).
 ///
 /// Contiguous float32 CPU tensors of at least 2 dimensions for which no gradient is recorded go

@@ -260,7 +260,11 @@ TEST(RowSoftmax, NanRowsAndFallbacks) {
     EXPECT_TRUE(torch::equal(row_softmax(s), torch::softmax(s, -1)));
     const torch::Tensor d = torch::randn({3, 4, 5}, torch::kDouble);
     EXPECT_TRUE(torch::equal(row_softmax(d), torch::softmax(d, -1)));
-    EXPECT_THROW(row_softmax(torch::randn({3, 4}), torch::ones({3})), Error);
+    EXPECT_THROW(row_softmax(torch::randn({3, 4, 2}), torch::ones({3})), Error);
+    EXPECT_THROW(row_softmax(torch::randn({3, 4}), torch::ones({4})), Error);  // 2-D: no channel dimension
+    // 2-D: plain rows.
+    const torch::Tensor m = torch::randn({7, 20});
+    EXPECT_TRUE(torch::allclose(row_softmax(m), torch::softmax(m, -1), 2e-6, 1e-9));
   }
   // Under autograd: torch ops, gradients to the input and the affine parameters.
   const torch::Tensor x = torch::randn({2, 3, 5}, torch::requires_grad());
