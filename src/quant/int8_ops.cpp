@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -795,6 +796,68 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
   });
 }
 
+/// im2col of a contiguous int8 input (N, C, *S), 1 or 2 spatial dimensions, straight into `cols`
+/// laid out (N, C, prod K, P) = (N, G, Cg * prod K, P), positions last, padding with `pad`: one
+/// pass over the output (the ATen route pads into a copy, unfolds, then copies the permuted view,
+/// and at batch 1 its dozen tensor ops per conv cost more than the copies). Same values as
+/// im2col(..., positions_last = true).
+struct Conv2dGeometry {
+  int64_t n, c, s0, s1, k0, k1, st0, st1, pd0, pd1, dl0, dl1, o0, o1;
+};
+
+Conv2dGeometry conv_geometry(const torch::Tensor& x, c10::IntArrayRef w_sizes, const Int8Conv& conv) {
+  const auto nd = static_cast<int64_t>(conv.stride.size());
+  Conv2dGeometry g{};
+  g.n = x.size(0), g.c = x.size(1);
+  // A 1-d conv is the 2-d one with a leading spatial dimension of size 1.
+  const auto at = [&](const std::vector<int64_t>& v, int64_t i, int64_t one) {
+    return nd == 2 ? v[static_cast<size_t>(i)] : (i == 0 ? one : v[0]);
+  };
+  g.s0 = nd == 2 ? x.size(2) : 1, g.s1 = x.size(nd == 2 ? 3 : 2);
+  g.k0 = nd == 2 ? w_sizes[2] : 1, g.k1 = w_sizes[nd == 2 ? 3 : 2];
+  g.st0 = at(conv.stride, 0, 1), g.st1 = at(conv.stride, 1, 1);
+  g.pd0 = at(conv.padding, 0, 0), g.pd1 = at(conv.padding, 1, 0);
+  g.dl0 = at(conv.dilation, 0, 1), g.dl1 = at(conv.dilation, 1, 1);
+  g.o0 = (g.s0 + 2 * g.pd0 - g.dl0 * (g.k0 - 1) - 1) / g.st0 + 1;
+  g.o1 = (g.s1 + 2 * g.pd1 - g.dl1 * (g.k1 - 1) - 1) / g.st1 + 1;
+  return g;
+}
+
+void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* cols) {
+  RECORD_FUNCTION("csipose::im2col_s8", std::vector<c10::IValue>());
+  const int64_t kk = g.k0 * g.k1, np = g.o0 * g.o1;
+  at::parallel_for(0, g.n * g.c, std::max<int64_t>(1, 32768 / std::max<int64_t>(kk * np, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int8_t* src = x + nc * g.s0 * g.s1;
+      int8_t* dst = cols + nc * kk * np;
+      for (int64_t a0 = 0; a0 < g.k0; ++a0) {
+        for (int64_t a1 = 0; a1 < g.k1; ++a1, dst += np) {
+          // Output columns p1 in [lo, hi) read inside the row: 0 <= p1 * st1 + a1 * dl1 - pd1 < s1.
+          const int64_t off = a1 * g.dl1 - g.pd1;
+          const int64_t lo = std::min(g.o1, off >= 0 ? 0 : (-off + g.st1 - 1) / g.st1);
+          const int64_t hi = std::max(lo, std::min(g.o1, g.s1 - off > 0 ? (g.s1 - off + g.st1 - 1) / g.st1 : 0));
+          for (int64_t p0 = 0; p0 < g.o0; ++p0) {
+            int8_t* row = dst + p0 * g.o1;
+            const int64_t i0 = p0 * g.st0 + a0 * g.dl0 - g.pd0;
+            if (i0 < 0 || i0 >= g.s0) {
+              std::memset(row, pad, static_cast<size_t>(g.o1));
+              continue;
+            }
+            const int8_t* srow = src + i0 * g.s1;  // element p1 is srow[p1 * st1 + off]
+            std::memset(row, pad, static_cast<size_t>(lo));
+            if (g.st1 == 1) {
+              if (hi > lo) std::memcpy(row + lo, srow + lo + off, static_cast<size_t>(hi - lo));
+            } else {
+              for (int64_t p1 = lo; p1 < hi; ++p1) row[p1] = srow[p1 * g.st1 + off];
+            }
+            std::memset(row + hi, pad, static_cast<size_t>(g.o1 - hi));
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 bool int8_fused_available(const torch::Device& device) { return use_onednn(device); }
@@ -870,10 +933,29 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_fused: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
   const int64_t n = x.size(0), groups = conv->groups;
   // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
-  const Im2col ic = im2col("int8_op_fused", xq, w.q.sizes(), conv->stride, conv->padding, conv->dilation, groups,
-                           static_cast<double>(in_qp.zero_point[0]), /*positions_last=*/true);
-  const torch::Tensor& cols = ic.cols;
-  const std::vector<int64_t>& out_size = ic.out_size;
+  torch::Tensor cols;
+  std::vector<int64_t> out_size;
+  const bool copies = std::any_of(w.q.sizes().begin() + 2, w.q.sizes().end(), [](int64_t k) { return k > 1; }) ||
+                      std::any_of(conv->stride.begin(), conv->stride.end(), [](int64_t s) { return s > 1; }) ||
+                      std::any_of(conv->padding.begin(), conv->padding.end(), [](int64_t p) { return p > 0; });
+  thread_local std::vector<int8_t> cols_buf;  // per-thread scratch, reused by every conv
+  if (copies && nd <= 2 && xq.dim() == 2 + nd && x.size(1) == w.q.size(1) * groups && w.out_channels() % groups == 0) {
+    const torch::Tensor xc = xq.contiguous();
+    const Conv2dGeometry geo = conv_geometry(xc, w.q.sizes(), *conv);
+    CSIPOSE_CHECK(geo.o0 >= 1 && geo.o1 >= 1, "int8_op_fused: input of shape ", x.sizes(),
+                  " is smaller than the dilated kernel ", w.q.sizes());
+    const int64_t rows = geo.c / groups * geo.k0 * geo.k1, positions = geo.o0 * geo.o1;
+    cols_buf.resize(static_cast<size_t>(geo.n * geo.c * geo.k0 * geo.k1 * positions));
+    im2col_s8(xc.data_ptr<int8_t>(), geo, static_cast<int8_t>(in_qp.zero_point[0]), cols_buf.data());
+    cols = torch::from_blob(cols_buf.data(), {geo.n, groups, rows, positions}, xc.options());
+    if (nd == 2) out_size = {geo.o0, geo.o1};
+    else out_size = {geo.o1};
+  } else {
+    Im2col ic = im2col("int8_op_fused", xq, w.q.sizes(), conv->stride, conv->padding, conv->dilation, groups,
+                       static_cast<double>(in_qp.zero_point[0]), /*positions_last=*/true);
+    cols = std::move(ic.cols);
+    out_size = std::move(ic.out_size);
+  }
   const int64_t positions = cols.size(3), og = c_out / groups;
   const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
   CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_fused: internal im2col size mismatch");

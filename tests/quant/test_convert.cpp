@@ -518,6 +518,47 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
   EXPECT_THROW(int8_op_fused(cases[0].x, in, wl, out, nullptr, Int8Output{false, relu.data()}), Error);
 }
 
+// The fused convs build their columns with their own im2col (one pass into per-thread scratch)
+// wherever ATen's would copy: every geometry of 1-d and 2-d convs, including output positions that
+// lie wholly in the padding, strides over dilated kernels and groups, gives the reference codes.
+TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  torch::manual_seed(12);
+  const QuantParams in = QuantParams::per_tensor(0.03f, 7, -128, 127);  // padding code 7, not 0
+  const QuantParams out = QuantParams::per_tensor(0.04f, -2, -128, 127);
+  int64_t cases = 0;
+  for (int64_t k : {1, 2, 3, 4})
+    for (int64_t stride : {1, 2, 3})
+      for (int64_t pad : {0, 1, 3, 5})
+        for (int64_t dil : {1, 3})
+          for (int64_t groups : {1, 2}) {
+            const int64_t len = 9;
+            if (len + 2 * pad < dil * (k - 1) + 1) continue;  // kernel longer than the padded input
+            const PackedWeight w1 = pack_weight(torch::randn({4, 6 / groups, k}) * 0.2, torch::randn({4}) * 0.1,
+                                                QuantSpec::weight_default(), in);
+            const torch::Tensor x1 = torch::randn({2, 6, len}) * 2;
+            const torch::Tensor q1 = quantize_tensor(x1, in);
+            const Int8Conv g1{{stride}, {pad}, {dil}, groups};
+            EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, nullptr}),
+                                     int8_conv1d(q1, in, w1, out, stride, pad, dil, groups)))
+                << "1-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups;
+            // 2-d: a (k, k - 1 or 1) kernel, (pad, pad / 2) padding, strides (stride, 1), dilation (1, dil),
+            // on an int8 input that is a transposed (non-contiguous) view.
+            const int64_t kw = std::max<int64_t>(1, k - 1);
+            if (5 + 2 * pad < k || len + 2 * (pad / 2) < dil * (kw - 1) + 1) continue;
+            const PackedWeight w2 = pack_weight(torch::randn({4, 6 / groups, k, kw}) * 0.2, torch::Tensor(),
+                                                QuantSpec::weight_default(), in);
+            const torch::Tensor q2 = quantize_tensor(torch::randn({2, 6, len, 5}) * 2, in).transpose(2, 3);
+            const Int8Conv g2{{stride, 1}, {pad, pad / 2}, {1, dil}, groups};
+            EXPECT_TRUE(torch::equal(int8_op_fused(q2, in, w2, out, &g2, Int8Output{true, nullptr}),
+                                     int8_conv2d(q2, in, w2, out, {stride, 1}, {pad, pad / 2}, {1, dil}, groups)))
+                << "2-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups;
+            ++cases;
+          }
+  EXPECT_GT(cases, 100);
+}
+
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 2 per pose_nano
 // forward: the feed-forward and the keypoint head) and give the same outputs, bit for bit, as the
