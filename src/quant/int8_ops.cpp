@@ -651,6 +651,15 @@ bool quantize_into(const float* src, int64_t n, int8_t* dst, const QuantParams& 
 /// dimension, each a contiguous span when its stride is 1. False when a value is not finite.
 bool quantize_strided_into(const torch::Tensor& x, int8_t* dst, const QuantParams& p, Rounding r) {
   if (x.is_contiguous()) return quantize_into(x.data_ptr<float>(), x.numel(), dst, p, r);
+  if (x.is_non_overlapping_and_dense()) {
+    // A permutation of a dense block (attention's transposed and head-split views): quantize the
+    // block in memory order (one vectorized pass; elementwise, so every element gets its own code),
+    // then lay the int8 codes out row-major (a copy of a quarter of the bytes).
+    torch::Tensor q = torch::empty_strided(x.sizes(), x.strides(), x.options().dtype(torch::kInt8));
+    const bool finite = quantize_into(x.data_ptr<float>(), x.numel(), q.data_ptr<int8_t>(), p, r);
+    torch::from_blob(dst, x.sizes(), q.options()).copy_(q);
+    return finite;
+  }
   const int64_t nd = x.dim(), len = x.size(nd - 1), step = x.stride(nd - 1);
   const int64_t rows = len == 0 ? 0 : x.numel() / len;
   const float* base = x.data_ptr<float>();
@@ -826,31 +835,58 @@ Conv2dGeometry conv_geometry(const torch::Tensor& x, c10::IntArrayRef w_sizes, c
 void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* cols) {
   RECORD_FUNCTION("csipose::im2col_s8", std::vector<c10::IValue>());
   const int64_t kk = g.k0 * g.k1, np = g.o0 * g.o1;
+  const auto fill = [pad](int8_t* p, int64_t count) {  // mostly 0-2 bytes: no call
+    for (int64_t i = 0; i < count; ++i) p[i] = pad;
+  };
+  // Stride 1 with "same" rows (o1 == s1): a tap's block is the input shifted by one flat offset,
+  // so one copy covers all its in-range rows and only the padded columns at row ends are fixed.
+  const bool flat = g.st0 == 1 && g.st1 == 1 && g.o1 == g.s1;
   at::parallel_for(0, g.n * g.c, std::max<int64_t>(1, 32768 / std::max<int64_t>(kk * np, 1)), [&](int64_t b, int64_t e) {
     for (int64_t nc = b; nc < e; ++nc) {
       const int8_t* src = x + nc * g.s0 * g.s1;
       int8_t* dst = cols + nc * kk * np;
       for (int64_t a0 = 0; a0 < g.k0; ++a0) {
+        const int64_t off0 = a0 * g.dl0 - g.pd0;
         for (int64_t a1 = 0; a1 < g.k1; ++a1, dst += np) {
           // Output columns p1 in [lo, hi) read inside the row: 0 <= p1 * st1 + a1 * dl1 - pd1 < s1.
           const int64_t off = a1 * g.dl1 - g.pd1;
           const int64_t lo = std::min(g.o1, off >= 0 ? 0 : (-off + g.st1 - 1) / g.st1);
           const int64_t hi = std::max(lo, std::min(g.o1, g.s1 - off > 0 ? (g.s1 - off + g.st1 - 1) / g.st1 : 0));
+          if (flat) {
+            // Rows p0 in [r0, r1) read input row p0 + off0.
+            const int64_t r0 = std::clamp<int64_t>(-off0, 0, g.o0);
+            const int64_t r1 = std::clamp<int64_t>(g.s0 - off0, r0, g.o0);
+            fill(dst, r0 * g.o1);
+            fill(dst + r1 * g.o1, (g.o0 - r1) * g.o1);
+            if (r1 > r0 && hi > lo) {
+              // From the first to the last in-range element: every source index in between is
+              // inside the input (the map is a shift); the row ends are overwritten next.
+              const int64_t first = r0 * g.o1 + lo, last = (r1 - 1) * g.o1 + hi;
+              std::memcpy(dst + first, src + first + off0 * g.s1 + off, static_cast<size_t>(last - first));
+              for (int64_t p0 = r0; p0 < r1; ++p0) {
+                fill(dst + p0 * g.o1, lo);
+                fill(dst + p0 * g.o1 + hi, g.o1 - hi);
+              }
+            } else {
+              fill(dst + r0 * g.o1, (r1 - r0) * g.o1);
+            }
+            continue;
+          }
           for (int64_t p0 = 0; p0 < g.o0; ++p0) {
             int8_t* row = dst + p0 * g.o1;
-            const int64_t i0 = p0 * g.st0 + a0 * g.dl0 - g.pd0;
+            const int64_t i0 = p0 * g.st0 + off0;
             if (i0 < 0 || i0 >= g.s0) {
-              std::memset(row, pad, static_cast<size_t>(g.o1));
+              fill(row, g.o1);
               continue;
             }
             const int8_t* srow = src + i0 * g.s1;  // element p1 is srow[p1 * st1 + off]
-            std::memset(row, pad, static_cast<size_t>(lo));
+            fill(row, lo);
             if (g.st1 == 1) {
               if (hi > lo) std::memcpy(row + lo, srow + lo + off, static_cast<size_t>(hi - lo));
             } else {
               for (int64_t p1 = lo; p1 < hi; ++p1) row[p1] = srow[p1 * g.st1 + off];
             }
-            std::memset(row + hi, pad, static_cast<size_t>(g.o1 - hi));
+            fill(row + hi, g.o1 - hi);
           }
         }
       }

@@ -348,6 +348,15 @@ TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
     EXPECT_TRUE(torch::equal(int8_matmul_float(at, in, bt, b_qp, out),
                              dequantize_tensor(int8_matmul(quantize_tensor(at, in), in, quantize_tensor(bt, b_qp), b_qp,
                                                            out), out))) << "zp " << zp;
+    // Head-split views (rows permuted, last dimension dense) and a permuted b, also to the same bits.
+    const torch::Tensor ap = (torch::randn({2, 7, 3, 9}) * 2).permute({0, 2, 1, 3}),
+                        bp = (torch::randn({9, 3, 5}) * 3).permute({1, 0, 2});
+    EXPECT_TRUE(torch::equal(int8_matmul_float(ap, in, bp, b_qp, out),
+                             dequantize_tensor(int8_matmul(quantize_tensor(ap, in), in, quantize_tensor(bp, b_qp), b_qp,
+                                                           out), out))) << "zp " << zp;
+    torch::Tensor an = torch::randn({2, 3, 9, 7});
+    an[1][2][4][3] = NAN;
+    EXPECT_THROW(int8_matmul_float(an.transpose(-2, -1), in, bt, b_qp, out), Error);  // non-finite refused
     const torch::Tensor xf = torch::randn({2, 8, 19}) * 2;
     const Int8Conv g1{{2}, {2}, {2}, 2};
     EXPECT_TRUE(torch::equal(int8_op_float(xf, in, w1, out, &g1),
