@@ -108,8 +108,12 @@ std::string configure_allocator() {
       return std::string("glibc, settings from the environment");
     // Order matters: setting the mmap threshold first turns off glibc's dynamic thresholds, which
     // would otherwise move the trim threshold again.
-    const bool ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
-    return std::string(ok ? "glibc, trim 1 GiB / mmap 32 MiB" : "glibc defaults (mallopt refused)");
+    // Blocks up to 1 GiB come from the heap and are reused (Debian 12's glibc 2.36 takes it); a
+    // glibc that refuses it gets 32 MiB.
+    const bool big = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1;
+    const bool ok = (big || mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1) && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+    if (!ok) return std::string("glibc defaults (mallopt refused)");
+    return std::string(big ? "glibc, trim 1 GiB / mmap 1 GiB" : "glibc, trim 1 GiB / mmap 32 MiB");
   }();
   allocator_state() = done;
 #endif

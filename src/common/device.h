@@ -32,16 +32,18 @@ int openblas_threads();
 /// Also "" when OPENBLAS_CORETYPE is already set or no OpenBLAS is loaded.
 std::string openblas_core_override();
 /// Keeps freed heap memory in the process for reuse (glibc malloc: trim threshold 1 GiB, mmap
-/// threshold 32 MiB, the largest glibc allows). With glibc's defaults every tensor of a few MB
+/// threshold 1 GiB; 32 MiB where glibc refuses more). With glibc's defaults every tensor of a few MB
 /// that a forward frees goes back to the kernel (munmap, or a heap trim once the free top of the
 /// heap passes 2x the dynamic mmap threshold), and the next forward page-faults it in again,
 /// zeroed: 100k page faults per wiflow_half batch-256 forward, 19% of a pose_micro int8 forward in
-/// the kernel. Peak memory is unchanged; the process keeps its peak resident until it exits.
+/// the kernel. A 32 MiB mmap threshold (until 2026-12-02) still did that to every larger tensor:
+/// wiflow_full's batch-256 fp32 forward took 7.0 s with it and 1.3 s with 1 GiB, one thread.
+/// Peak memory is unchanged; the process keeps its peak resident until it exits.
 /// Leaves malloc alone when CSIPOSE_MALLOC=system, when any glibc MALLOC_*_ variable or a
 /// glibc.malloc tunable is set (the user's own settings win), and on non-glibc systems.
 /// Call once, first thing in main. Returns allocator_description().
 std::string configure_allocator();
-/// What configure_allocator did: "glibc, trim 1 GiB / mmap 32 MiB", "glibc defaults
+/// What configure_allocator did: "glibc, trim 1 GiB / mmap 1 GiB" (or "/ mmap 32 MiB"), "glibc defaults
 /// (CSIPOSE_MALLOC=system)", "glibc, settings from the environment" or "system".
 std::string allocator_description();
 /// "LibTorch 1.13.1 (CPU)" / "LibTorch 2.11.0 (CUDA, 1 device)".
