@@ -975,11 +975,17 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
                       std::any_of(conv->stride.begin(), conv->stride.end(), [](int64_t s) { return s > 1; }) ||
                       std::any_of(conv->padding.begin(), conv->padding.end(), [](int64_t p) { return p > 0; });
   thread_local std::vector<int8_t> cols_buf;  // per-thread scratch, reused by every conv
-  if (copies && nd <= 2 && xq.dim() == 2 + nd && x.size(1) == w.q.size(1) * groups && w.out_channels() % groups == 0) {
+  // Anything unusual (bad geometry included) takes the ATen route, whose checks name the problem.
+  const auto nds = static_cast<size_t>(nd);
+  bool direct = copies && nd <= 2 && xq.dim() == 2 + nd && x.size(1) == w.q.size(1) * groups &&
+                w.out_channels() % groups == 0 && conv->padding.size() == nds && conv->dilation.size() == nds;
+  for (size_t i = 0; direct && i < nds; ++i)
+    direct = conv->stride[i] >= 1 && conv->dilation[i] >= 1 && conv->padding[i] >= 0 &&
+             x.size(static_cast<int64_t>(2 + i)) + 2 * conv->padding[i] >=
+                 conv->dilation[i] * (w.q.size(static_cast<int64_t>(2 + i)) - 1) + 1;
+  if (direct) {
     const torch::Tensor xc = xq.contiguous();
     const Conv2dGeometry geo = conv_geometry(xc, w.q.sizes(), *conv);
-    CSIPOSE_CHECK(geo.o0 >= 1 && geo.o1 >= 1, "int8_op_fused: input of shape ", x.sizes(),
-                  " is smaller than the dilated kernel ", w.q.sizes());
     const int64_t rows = geo.c / groups * geo.k0 * geo.k1, positions = geo.o0 * geo.o1;
     cols_buf.resize(static_cast<size_t>(geo.n * geo.c * geo.k0 * geo.k1 * positions));
     im2col_s8(xc.data_ptr<int8_t>(), geo, static_cast<int8_t>(in_qp.zero_point[0]), cols_buf.data());

@@ -566,6 +566,12 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
             ++cases;
           }
   EXPECT_GT(cases, 100);
+  // Bad geometry is a one-line error, never a read outside the input: a kernel longer than the
+  // padded input, a zero stride.
+  const PackedWeight w4 = pack_weight(torch::randn({4, 6, 4}) * 0.2, torch::Tensor(), QuantSpec::weight_default(), in);
+  const Int8Conv short_input{{2}, {0}, {1}, 1}, zero_stride{{0}, {1}, {1}, 1};
+  EXPECT_THROW(int8_op_fused(torch::randn({1, 6, 3}), in, w4, out, &short_input, Int8Output{true, nullptr}), Error);
+  EXPECT_THROW(int8_op_fused(torch::randn({1, 6, 9}), in, w4, out, &zero_stride, Int8Output{true, nullptr}), Error);
 }
 
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
