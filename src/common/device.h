@@ -37,7 +37,7 @@ std::string openblas_core_override();
 /// heap passes 2x the dynamic mmap threshold), and the next forward page-faults it in again,
 /// zeroed: 100k page faults per wiflow_half batch-256 forward, 19% of a pose_micro int8 forward in
 /// the kernel. A 32 MiB mmap threshold (until 2026-12-02) still did that to every larger tensor:
-/// wiflow_full's batch-256 fp32 forward took 7.0 s with it and 1.3 s with 1 GiB, one thread.
+/// wiflow_full's batch-256 fp32 forward took 7.0 s with it and 1.3-1.6 s with 1 GiB, one thread.
 /// Peak memory is unchanged; the process keeps its peak resident until it exits.
 /// Leaves malloc alone when CSIPOSE_MALLOC=system, when any glibc MALLOC_*_ variable or a
 /// glibc.malloc tunable is set (the user's own settings win), and on non-glibc systems.
