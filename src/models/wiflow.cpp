@@ -419,9 +419,15 @@ torch::Tensor AxialAttentionImpl::forward(const torch::Tensor& x) {
   const torch::Tensor q = qkv.narrow(1, 0, C).reshape({B, groups_, cg, L});         // (B, G, C/G, L)
   const torch::Tensor k = qkv.narrow(1, C, C).reshape({B, groups_, cg, L});
   const torch::Tensor v = qkv.narrow(1, 2 * C, C).reshape({B, groups_, cg, L});
-  torch::Tensor scores = scores_mm(q.transpose(2, 3), k);                          // (B, G, L_i, L_j)
-  scores = similarity_softmax(scores);                                             // over j
-  const torch::Tensor out = context_mm(v, scores.transpose(2, 3))                  // (B, G, C/G, L_i)
+  torch::Tensor probs;  // (B, G, L_i, L_j), softmax over j
+  if (!is_training()) {
+    // A converted model: the scores product, bn_similarity, the softmax and context_mm's input
+    // point in one pass, giving context_mm its int8 codes (undefined when not converted).
+    const auto [a, b] = similarity_affine();
+    probs = int8_attention_probs(*scores_mm, *context_mm, /*input=*/1, q.transpose(2, 3), k, a, b, false);
+  }
+  if (!probs.defined()) probs = similarity_softmax(scores_mm(q.transpose(2, 3), k));
+  const torch::Tensor out = context_mm(v, probs.transpose(2, 3))                   // (B, G, C/G, L_i)
                                 .reshape({B, C, L});
   const torch::Tensor y = bn_output(out).view({N, other, C, L});
   return along_width_ ? y.permute({0, 2, 1, 3}) : y.permute({0, 2, 3, 1});         // (N, C, H, W)
@@ -431,6 +437,11 @@ torch::Tensor AxialAttentionImpl::similarity_softmax(const torch::Tensor& scores
   // Training: the BatchNorm normalizes with (and updates) batch statistics. Evaluation: it is a
   // per-group affine map, folded into one row_softmax pass (quant/row_softmax.h).
   if (is_training()) return torch::softmax(bn_similarity(scores), /*dim=*/-1);
+  const auto [a, b] = similarity_affine();
+  return row_softmax(scores.contiguous(), a, b);
+}
+
+std::pair<torch::Tensor, torch::Tensor> AxialAttentionImpl::similarity_affine() const {
   const auto& bn = *bn_similarity;
   const auto& o = bn.options;
   CSIPOSE_CHECK(o.track_running_stats(), "axial attention: bn_similarity without running statistics");
@@ -440,7 +451,7 @@ torch::Tensor AxialAttentionImpl::similarity_softmax(const torch::Tensor& scores
     a = a * bn.weight;
     b = b * bn.weight + bn.bias;
   }
-  return row_softmax(scores.contiguous(), a.to(torch::kFloat), b.to(torch::kFloat));
+  return {a.to(torch::kFloat), b.to(torch::kFloat)};
 }
 
 DualAxialAttentionImpl::DualAxialAttentionImpl(int64_t channels, int64_t groups) {

@@ -154,6 +154,9 @@ class AxialAttentionImpl : public torch::nn::Module {
   torch::Tensor similarity_softmax(const torch::Tensor& scores);
 
  private:
+  /// bn_similarity in eval mode as the per-group affine map (scale, shift) of the scores.
+  std::pair<torch::Tensor, torch::Tensor> similarity_affine() const;
+
   int64_t channels_, groups_;
   bool along_width_;
   QConv1d qkv_transform{nullptr};  // C -> 3C, 1x1, no bias

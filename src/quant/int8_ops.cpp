@@ -9,13 +9,18 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "common/check.h"
 #include "quant/fake_quant.h"
 #include "quant/int8_backend.h"
 #include "quant/reference.h"
+#include "quant/row_softmax.h"
 
 namespace csipose {
 namespace {
@@ -502,6 +507,13 @@ namespace {
 #endif
 
 constexpr float kTwo23f = 8388608.0f;
+
+/// The working set of one chunk of samples of a batched int8 conv (int8_op_fused): its int8
+/// columns and int32 sums, sized to stay in a core's L2 cache (set_int8_conv_chunk_bytes).
+std::atomic<int64_t>& conv_chunk_bytes() {
+  static std::atomic<int64_t> bytes{256 * 1024};
+  return bytes;
+}
 constexpr float kFloatMax = std::numeric_limits<float>::max();
 
 // Builtins and plain selects instead of std::fabs / std::min / ...: functions compiled with other
@@ -571,13 +583,13 @@ void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* m
 
 /// Conv outputs: `rows` consecutive rows of np contiguous positions, row r (counted from row0)
 /// belonging to channel (row0 + r) % channels with that channel's add and multiplier; float32
-/// dequantized output (dst_f) or int8 codes (dst_q, mapped through table when given). One call per
+/// dequantized output (dst_f) or int8 codes (dst_q; the caller maps them through a table). One call per
 /// block of rows: conv rows are short (a TCN row is ~20-40 positions), and a call per row cost as
 /// much as its arithmetic.
 CSIPOSE_SIMD_CLONES
 void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t np, int64_t channels,
                        const uint32_t* add, const float* mult, float zp, float lo, float hi, float s_out, float* dst_f,
-                       int8_t* dst_q, const int8_t* table) {
+                       int8_t* dst_q) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t c = (row0 + r) % channels;
     const uint32_t a = add[c];
@@ -597,8 +609,6 @@ void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t n
         const float u = clamp_f((round_half_even_select(static_cast<float>(acc) * m) + zp), lo, hi);
         d[i] = static_cast<int8_t>(static_cast<int32_t>(u));
       }
-      if (table != nullptr)
-        for (int64_t i = 0; i < np; ++i) d[i] = table[static_cast<uint8_t>(d[i])];
     }
   }
 }
@@ -607,8 +617,40 @@ void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t n
 #pragma GCC pop_options
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/// apply_lut with AVX-512 VBMI: the 256-entry table in four registers, two 128-entry byte permutes
+/// (vpermi2b: bits 0-6 of each code) and a blend on bit 7, 64 codes per step.
+#define CSIPOSE_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+CSIPOSE_VBMI inline __m512i lut_vbmi(__m512i x, __m512i t0, __m512i t1, __m512i t2, __m512i t3) {
+  const __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);  // codes 0..127 (bit 6 picks t0 / t1)
+  const __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);  // codes 128..255
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi);
+}
+
+CSIPOSE_VBMI void apply_lut_vbmi(int8_t* dst, int64_t n, const int8_t* table) {
+  const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+  const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    _mm512_storeu_si512(dst + i, lut_vbmi(_mm512_loadu_si512(dst + i), t0, t1, t2, t3));
+  if (i < n) {
+    const __mmask64 m = (~0ULL) >> (64 - (n - i));
+    _mm512_mask_storeu_epi8(dst + i, m, lut_vbmi(_mm512_maskz_loadu_epi8(m, dst + i), t0, t1, t2, t3));
+  }
+}
+
+bool cpu_has_vbmi() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
+#endif
+
 /// dst[i] = table[bit pattern of dst[i]] (an Int8Output table), in place.
-inline void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
+void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_vbmi()) return apply_lut_vbmi(dst, n, table);
+#endif
   for (int64_t i = 0; i < n; ++i) dst[i] = table[static_cast<uint8_t>(dst[i])];
 }
 
@@ -621,6 +663,22 @@ inline float round_one(float y, Rounding r) {
 
 /// The 32-bit pattern of an int64 constant that is added to int32 sums (see requant_span_even).
 inline uint32_t wrap32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v)); }
+
+/// quantize_into on the calling thread (inside a parallel region).
+bool quantize_into_serial(const float* src, int64_t n, int8_t* dst, const QuantParams& p, Rounding r) {
+  const float inv = inv_scale_of(p.scale[0]);
+  const float zp = static_cast<float>(p.zero_point[0]);
+  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  if (r == Rounding::half_even) return quantize_span_even(src, n, dst, inv, zp, lo, hi) != 0;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = src[i];
+    finite = finite && std::fabs(v) <= std::numeric_limits<float>::max();
+    const float u = round_one(v * inv, r) + zp;
+    dst[i] = static_cast<int8_t>(u < lo ? lo : (u > hi ? hi : u));
+  }
+  return finite;
+}
 
 /// quantize() of n contiguous float32 values into int8 with per-tensor params (the contract's
 /// float32 operations: x * (1 / s), round, + zp, clamp); false when a value is not finite.
@@ -646,26 +704,73 @@ bool quantize_into(const float* src, int64_t n, int8_t* dst, const QuantParams& 
   return !bad.load();
 }
 
-/// quantize() of every element of a float32 CPU tensor of any layout (views, transposes, expanded
-/// dimensions) into dst in row-major order, without a contiguous copy first: rows along the last
-/// dimension, each a contiguous span when its stride is 1. False when a value is not finite.
+/// quantize() of every element of a float32 CPU tensor of any layout (views, transposes, narrowed
+/// slices, expanded dimensions) into dst in row-major order, without a float copy first. The
+/// dimensions are taken in memory order (strides descending): the innermost ones that are
+/// contiguous there form spans of `span` floats (attention's q, k, v slices of the qkv output: a
+/// whole (C, L) block per sequence), each quantized in one vectorized pass into an int8 tensor laid
+/// out in that order, which an int8 copy then lays out row-major (none when the memory order is
+/// the row-major one). Short spans take a per-row loop instead. False when a value is not finite.
 bool quantize_strided_into(const torch::Tensor& x, int8_t* dst, const QuantParams& p, Rounding r) {
   if (x.is_contiguous()) return quantize_into(x.data_ptr<float>(), x.numel(), dst, p, r);
-  if (x.is_non_overlapping_and_dense()) {
-    // A permutation of a dense block (attention's transposed and head-split views): quantize the
-    // block in memory order (one vectorized pass; elementwise, so every element gets its own code),
-    // then lay the int8 codes out row-major (a copy of a quarter of the bytes).
-    torch::Tensor q = torch::empty_strided(x.sizes(), x.strides(), x.options().dtype(torch::kInt8));
-    const bool finite = quantize_into(x.data_ptr<float>(), x.numel(), q.data_ptr<int8_t>(), p, r);
-    torch::from_blob(dst, x.sizes(), q.options()).copy_(q);
-    return finite;
+  const int64_t nd = x.dim();
+  if (x.numel() == 0) return true;
+  // Memory order: size-1 dimensions outermost (their strides mean nothing), then strides descending.
+  std::vector<int64_t> perm(static_cast<size_t>(nd));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t u, int64_t v) {
+    const bool u1 = x.size(u) == 1, v1 = x.size(v) == 1;
+    if (u1 != v1) return u1;
+    return x.stride(u) > x.stride(v);
+  });
+  int64_t span = 1, inner = 0;  // the contiguous run of the innermost dimensions in memory order
+  for (int64_t i = nd - 1; i >= 0; --i) {
+    const int64_t d = perm[static_cast<size_t>(i)];
+    if (x.size(d) == 1) break;
+    if (x.stride(d) != span) break;
+    span *= x.size(d);
+    ++inner;
   }
-  const int64_t nd = x.dim(), len = x.size(nd - 1), step = x.stride(nd - 1);
-  const int64_t rows = len == 0 ? 0 : x.numel() / len;
-  const float* base = x.data_ptr<float>();
   const float inv = inv_scale_of(p.scale[0]);
   const float zp = static_cast<float>(p.zero_point[0]);
   const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  const float* base = x.data_ptr<float>();
+  if (span >= 32 && r == Rounding::half_even) {
+    const torch::Tensor xp = x.permute(perm);
+    const bool row_major = std::is_sorted(perm.begin(), perm.end());
+    torch::Tensor q;
+    int8_t* out = dst;
+    if (!row_major) {
+      q = torch::empty(xp.sizes(), x.options().dtype(torch::kInt8));
+      out = q.data_ptr<int8_t>();
+    }
+    // Work items: pieces of at most 16,384 elements of one span (a dense tensor is one span).
+    const int64_t outer_dims = nd - inner, spans = x.numel() / span;
+    const int64_t piece = std::min<int64_t>(span, 16384), pieces = (span + piece - 1) / piece;
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, spans * pieces, std::max<int64_t>(1, 16384 / piece), [&](int64_t w0, int64_t w1) {
+      bool finite = true;
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t si = w / pieces, from = (w % pieces) * piece, count = std::min(piece, span - from);
+        int64_t off = 0, rest = si;  // the span's outer index, innermost outer dimension first
+        for (int64_t i = outer_dims - 1; i >= 0; --i) {
+          const int64_t size = xp.size(i);
+          off += (rest % size) * xp.stride(i);
+          rest /= size;
+        }
+        finite = quantize_span_even(base + off + from, count, out + si * span + from, inv, zp, lo, hi) != 0 && finite;
+      }
+      if (!finite) bad.store(true);
+    });
+    if (!row_major) {
+      std::vector<int64_t> back(static_cast<size_t>(nd));
+      for (int64_t i = 0; i < nd; ++i) back[static_cast<size_t>(perm[static_cast<size_t>(i)])] = i;
+      torch::from_blob(dst, x.sizes(), q.options()).copy_(q.permute(back));
+    }
+    return !bad.load();
+  }
+  const int64_t len = x.size(nd - 1), step = x.stride(nd - 1);
+  const int64_t rows = x.numel() / len;
   bool finite = true;
   std::vector<int64_t> idx(static_cast<size_t>(std::max<int64_t>(nd - 1, 0)), 0);
   for (int64_t row = 0; row < rows; ++row) {
@@ -707,52 +812,61 @@ torch::Tensor quantize_cpu_fused(const torch::Tensor& x_in, const QuantParams& p
 /// output dequantize (float32 (N, O, P), equal bit for bit to
 /// dequantize_tensor(requantize_tensor(acc, bias, mult, out))), or the int8 codes themselves mapped
 /// through `out_spec`'s table (int8 (N, O, P)).
-torch::Tensor requantize_conv_cpu(const torch::Tensor& raw, int64_t n, int64_t o, int64_t np, const torch::Tensor& comp,
-                                  const torch::Tensor& bias, const std::vector<float>& mult, const QuantParams& out,
-                                  const Int8Output& out_spec, Rounding r) {
-  CSIPOSE_CHECK(raw.is_contiguous() && raw.numel() == n * o * np, "requantize_conv_cpu: internal layout mismatch");
-  const bool q_out = out_spec.int8;
-  torch::Tensor y = torch::empty({n, o, np}, raw.options().dtype(q_out ? torch::kInt8 : torch::kFloat));
-  const int32_t* src = raw.data_ptr<int32_t>();
+/// The per-channel constants of a conv's requantization: add32[c], the 32-bit pattern of
+/// bias[c] - comp[c] (acc + bias fits int32 by pack_weight's bound, so wrapped addition gives it
+/// exactly), and mult[c].
+struct ConvRequant {
+  std::vector<uint32_t> add32;
+  std::vector<float> mult;
+};
+
+ConvRequant conv_requant(int64_t o, const torch::Tensor& comp, const torch::Tensor& bias, const std::vector<float>& mult) {
   const torch::Tensor comp_c = comp.defined() ? comp.contiguous() : comp;
   const torch::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
   const int64_t* cp = comp_c.defined() ? comp_c.data_ptr<int64_t>() : nullptr;
   const int32_t* bp = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
+  ConvRequant q;
+  q.add32.resize(static_cast<size_t>(o));
+  q.mult.resize(static_cast<size_t>(o));
+  for (int64_t c = 0; c < o; ++c) {
+    q.add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
+    q.mult[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
+  }
+  return q;
+}
+
+/// Requantize (+ dequantize) of n samples' contiguous raw int32 GEMM result (N, O, P) (row n * O + o
+/// holds channel o): acc + bias, the contract's float32 requantize with mult[o], then either the
+/// dequantized float32 (dst_f, equal bit for bit to dequantize_tensor(requantize_tensor(acc, bias,
+/// mult, out))) or the int8 codes themselves mapped through `table` when given (dst_q).
+void requantize_conv_into(const int32_t* src, int64_t n, int64_t o, int64_t np, const ConvRequant& q,
+                          const QuantParams& out, Rounding r, float* dst_f, int8_t* dst_q, const int8_t* table) {
   const float zp = static_cast<float>(out.zero_point[0]), s_out = out.scale[0];
   const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
-  float* dst_f = q_out ? nullptr : y.data_ptr<float>();
-  int8_t* dst_q = q_out ? y.data_ptr<int8_t>() : nullptr;
-  const int8_t* table = out_spec.table;
-  // Per-channel constants once. acc + bias fits int32 (pack_weight's bound): the wrapped 32-bit
-  // constant adds up to it exactly.
-  std::vector<uint32_t> add32(static_cast<size_t>(o));
-  std::vector<float> mv(static_cast<size_t>(o));
-  for (int64_t c = 0; c < o; ++c) {
-    add32[static_cast<size_t>(c)] = wrap32((bp ? static_cast<int64_t>(bp[c]) : 0) - (cp ? cp[c] : 0));
-    mv[static_cast<size_t>(c)] = mult[static_cast<size_t>(mult.size() == 1 ? 0 : c)];
-  }
+  const uint32_t* add32 = q.add32.data();
+  const float* mv = q.mult.data();
   at::parallel_for(0, n * o, std::max<int64_t>(1, 16384 / std::max<int64_t>(np, 1)), [&](int64_t b, int64_t e) {
     if (r == Rounding::half_even) {  // blocks of whole rows per call (requant_rows_even)
-      requant_rows_even(src + b * np, b, e - b, np, o, add32.data(), mv.data(), zp, lo, hi, s_out,
-                        dst_f ? dst_f + b * np : nullptr, dst_q ? dst_q + b * np : nullptr, table);
+      requant_rows_even(src + b * np, b, e - b, np, o, add32, mv, zp, lo, hi, s_out,
+                        dst_f ? dst_f + b * np : nullptr, dst_q ? dst_q + b * np : nullptr);
+      if (dst_q != nullptr && table != nullptr) apply_lut(dst_q + b * np, (e - b) * np, table);
       return;
     }
     for (int64_t row = b; row < e; ++row) {
       const int64_t c = row % o;
       for (int64_t pi = 0; pi < np; ++pi) {
-        const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(src[row * np + pi]) + add32[static_cast<size_t>(c)]);
-        float u = round_one(static_cast<float>(sum) * mv[static_cast<size_t>(c)], r) + zp;
+        const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(src[row * np + pi]) + add32[c]);
+        float u = round_one(static_cast<float>(sum) * mv[c], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
-        if (q_out) {
-          const auto q = static_cast<int8_t>(static_cast<int32_t>(u));
-          dst_q[row * np + pi] = table != nullptr ? table[static_cast<uint8_t>(q)] : q;
+        if (dst_q != nullptr) {
+          const auto qv = static_cast<int8_t>(static_cast<int32_t>(u));
+          dst_q[row * np + pi] = table != nullptr ? table[static_cast<uint8_t>(qv)] : qv;
         } else {
           dst_f[row * np + pi] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
         }
       }
     }
   });
-  return y;
 }
 
 /// The same for a linear op's raw (M, O) int32 GEMM result (row-major, channels last), written to
@@ -898,6 +1012,12 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
 
 bool int8_fused_available(const torch::Device& device) { return use_onednn(device); }
 
+void set_int8_conv_chunk_bytes(int64_t bytes) {
+  CSIPOSE_CHECK(bytes >= 1, "set_int8_conv_chunk_bytes: needs at least 1 byte, got ", bytes);
+  conv_chunk_bytes().store(bytes);
+}
+int64_t int8_conv_chunk_bytes() { return conv_chunk_bytes().load(); }
+
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {
   return int8_op_fused(x, in_qp, w, out_qp, conv, Int8Output{}, r);
@@ -964,17 +1084,21 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
     }
     return y;
   }
-  const torch::Tensor xq = q_in ? x : quantize_cpu_fused(x, in_qp, r);
+  torch::Tensor xq = x;
+  if (!q_in) {
+    RECORD_FUNCTION("csipose::int8_quantize_input", std::vector<c10::IValue>());
+    xq = quantize_cpu_fused(x, in_qp, r);
+  }
   const auto nd = static_cast<int64_t>(conv->stride.size());
   CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_fused: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
   const int64_t n = x.size(0), groups = conv->groups;
   // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
-  torch::Tensor cols;
   std::vector<int64_t> out_size;
   const bool copies = std::any_of(w.q.sizes().begin() + 2, w.q.sizes().end(), [](int64_t k) { return k > 1; }) ||
                       std::any_of(conv->stride.begin(), conv->stride.end(), [](int64_t s) { return s > 1; }) ||
                       std::any_of(conv->padding.begin(), conv->padding.end(), [](int64_t p) { return p > 0; });
   thread_local std::vector<int8_t> cols_buf;  // per-thread scratch, reused by every conv
+  torch::Tensor cols;  // the ATen route's columns (N, G, K', P)
   // Anything unusual (bad geometry included) takes the ATen route, whose checks name the problem.
   const auto nds = static_cast<size_t>(nd);
   bool direct = copies && nd <= 2 && xq.dim() == 2 + nd && x.size(1) == w.q.size(1) * groups &&
@@ -983,13 +1107,12 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
     direct = conv->stride[i] >= 1 && conv->dilation[i] >= 1 && conv->padding[i] >= 0 &&
              x.size(static_cast<int64_t>(2 + i)) + 2 * conv->padding[i] >=
                  conv->dilation[i] * (w.q.size(static_cast<int64_t>(2 + i)) - 1) + 1;
+  const torch::Tensor xc = direct ? xq.contiguous() : xq;
+  int64_t rows = 0, positions = 0;
+  Conv2dGeometry geo{};
   if (direct) {
-    const torch::Tensor xc = xq.contiguous();
-    const Conv2dGeometry geo = conv_geometry(xc, w.q.sizes(), *conv);
-    const int64_t rows = geo.c / groups * geo.k0 * geo.k1, positions = geo.o0 * geo.o1;
-    cols_buf.resize(static_cast<size_t>(geo.n * geo.c * geo.k0 * geo.k1 * positions));
-    im2col_s8(xc.data_ptr<int8_t>(), geo, static_cast<int8_t>(in_qp.zero_point[0]), cols_buf.data());
-    cols = torch::from_blob(cols_buf.data(), {geo.n, groups, rows, positions}, xc.options());
+    geo = conv_geometry(xc, w.q.sizes(), *conv);
+    rows = geo.c / groups * geo.k0 * geo.k1, positions = geo.o0 * geo.o1;
     if (nd == 2) out_size = {geo.o0, geo.o1};
     else out_size = {geo.o1};
   } else {
@@ -997,15 +1120,57 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
                        static_cast<double>(in_qp.zero_point[0]), /*positions_last=*/true);
     cols = std::move(ic.cols);
     out_size = std::move(ic.out_size);
+    rows = cols.size(2), positions = cols.size(3);
   }
-  const int64_t positions = cols.size(3), og = c_out / groups;
+  const int64_t og = c_out / groups;
   const torch::Tensor wg = w.q.reshape({1, groups, og, -1});
-  CSIPOSE_CHECK(cols.size(2) == wg.size(3), "int8_op_fused: internal im2col size mismatch");
-  const torch::Tensor raw = onednn_s8_gemm(wg, cols);  // (N, G, Og, P), contiguous
-  torch::Tensor y = requantize_conv_cpu(raw, n, c_out, positions, comp, w.bias_q, mult, out_qp, out_spec, r);
+  CSIPOSE_CHECK(rows == wg.size(3), "int8_op_fused: internal im2col size mismatch");
+  const ConvRequant rq = conv_requant(c_out, comp, w.bias_q, mult);
   std::vector<int64_t> out_shape = {n, c_out};
   out_shape.insert(out_shape.end(), out_size.begin(), out_size.end());
-  return y.reshape(out_shape);
+  torch::Tensor y = torch::empty(out_shape, out_options);
+  if (y.numel() == 0) return y;
+  float* dst_f = out_spec.int8 ? nullptr : y.data_ptr<float>();
+  int8_t* dst_q = out_spec.int8 ? y.data_ptr<int8_t>() : nullptr;
+  const int64_t out_per_sample = c_out * positions;
+  // Samples [s0, s1): columns (own im2col into per-thread scratch, or a slice of the ATen ones), the
+  // int32 product, the requantization into y.
+  const auto run = [&](int64_t s0, int64_t s1) {
+    torch::Tensor cols_part;
+    if (direct) {
+      Conv2dGeometry part = geo;
+      part.n = s1 - s0;
+      cols_buf.resize(static_cast<size_t>(part.n * groups * rows * positions));
+      im2col_s8(xc.data_ptr<int8_t>() + s0 * geo.c * geo.s0 * geo.s1, part, static_cast<int8_t>(in_qp.zero_point[0]),
+                cols_buf.data());
+      cols_part = torch::from_blob(cols_buf.data(), {part.n, groups, rows, positions}, xc.options());
+    } else {
+      cols_part = cols.narrow(0, s0, s1 - s0);
+    }
+    const torch::Tensor raw = onednn_s8_gemm(wg, cols_part);  // (n, G, Og, P), contiguous
+    RECORD_FUNCTION("csipose::int8_requantize", std::vector<c10::IValue>());
+    requantize_conv_into(raw.data_ptr<int32_t>(), s1 - s0, c_out, positions, rq, out_qp, r,
+                         dst_f ? dst_f + s0 * out_per_sample : nullptr, dst_q ? dst_q + s0 * out_per_sample : nullptr,
+                         out_spec.table);
+  };
+  // A large batch runs in chunks of samples whose columns and int32 sums stay in the core's L2
+  // cache (at batch 256 the whole-batch int32 result is megabytes, and writing it out and reading
+  // it back for the requantization cost as much as the GEMM), one chunk per task: each thread runs
+  // its chunks' im2col, GEMM and requantization itself. A small batch is one chunk whose stages
+  // use all threads.
+  const int64_t per_sample = (direct ? groups * rows * positions : 0) + out_per_sample * 4;
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(per_sample, 1), 1, n);
+  chunk = std::min(chunk, (n + threads - 1) / threads);  // every thread gets work
+  if (chunk >= n) {
+    run(0, n);
+  } else {
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ci = c0; ci < c1; ++ci) run(ci * chunk, std::min(n, (ci + 1) * chunk));
+    });
+  }
+  return y;
 }
 
 std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const torch::Tensor&)>& f,
@@ -1028,96 +1193,215 @@ std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const 
   return table;
 }
 
-torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
-                                const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
-  RECORD_FUNCTION("csipose::int8_matmul_float", std::vector<c10::IValue>());
-  CSIPOSE_CHECK(int8_fused_available(a.device()) && b.device() == a.device(),
-                "int8_matmul_float: the fused path needs the onednn backend on the CPU");
-  check_float_tensor(a, "int8_matmul_float");
-  check_float_tensor(b, "int8_matmul_float");
-  check_matmul_operands("int8_matmul_float", a, a_qp, b, b_qp, out_qp);
-  const int64_t k = a.size(-1), m = a.size(-2), n = b.size(-1);
+namespace {
+
+/// The int32 products of an attention matmul in per-thread scratch: the operands' int8 codes (a
+/// row-major (nb, m, k); b (nb, k, n) read through bsk / bsn) and the raw sums sum_k a b (nb, m, n),
+/// before the zero-point terms. Valid until the calling thread's next matmul_raw.
+struct MatmulRaw {
+  int64_t nb = 0, m = 0, k = 0, n = 0;
+  std::vector<int64_t> out_shape;  ///< broadcast batch dimensions, then (m, n)
+  const int8_t* a = nullptr;
+  const int8_t* b = nullptr;
+  int64_t bsk = 0, bsn = 0;  ///< element (kk, j) of product bi's b: b[bi * k * n + kk * bsk + j * bsn]
+  const int32_t* raw = nullptr;
+};
+
+/// An operand of an attention matmul as row-major int8 codes (nb, rows, cols) in dst: a float32
+/// tensor (any layout) quantized with p, or int8 codes at p already (copied unless they are laid out
+/// so already, in which case the returned pointer is the tensor's own memory).
+const int8_t* operand_codes(const torch::Tensor& x, const QuantParams& p, Rounding r, std::vector<int8_t>& dst) {
+  if (x.scalar_type() == torch::kInt8) {
+    if (x.is_contiguous()) return x.data_ptr<int8_t>();
+    dst.resize(static_cast<size_t>(x.numel()));
+    torch::from_blob(dst.data(), x.sizes(), x.options()).copy_(x);
+    return dst.data();
+  }
+  dst.resize(static_cast<size_t>(x.numel()));
+  CSIPOSE_CHECK(quantize_strided_into(x, dst.data(), p, r), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  return dst.data();
+}
+
+MatmulRaw matmul_raw(const char* op, const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                     const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  CSIPOSE_CHECK(int8_fused_available(a.device()) && b.device() == a.device(), op,
+                ": the fused path needs the onednn backend on the CPU");
+  for (const torch::Tensor* t : {&a, &b}) {
+    CSIPOSE_CHECK(t->defined(), op, ": undefined tensor");
+    CSIPOSE_CHECK(t->scalar_type() == torch::kFloat || t->scalar_type() == torch::kInt8, op, ": tensor of dtype ",
+                  t->scalar_type(), "; expected float32 (or int8 codes at the operand's params)");
+  }
+  check_matmul_operands(op, a, a_qp, b, b_qp, out_qp);
+  MatmulRaw mr;
+  mr.k = a.size(-1), mr.m = a.size(-2), mr.n = b.size(-1);
   const std::vector<int64_t> batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
-  std::vector<int64_t> ea = batch, eb = batch, out = batch;
-  ea.insert(ea.end(), {m, k});
-  eb.insert(eb.end(), {k, n});
-  out.insert(out.end(), {m, n});
-  torch::Tensor y = torch::empty(out, a.options());
-  if (y.numel() == 0) return y;
-  const int64_t nb = y.numel() / (m * n);
+  std::vector<int64_t> ea = batch, eb = batch;
+  mr.out_shape = batch;
+  ea.insert(ea.end(), {mr.m, mr.k});
+  eb.insert(eb.end(), {mr.k, mr.n});
+  mr.out_shape.insert(mr.out_shape.end(), {mr.m, mr.n});
+  int64_t nb = 1;
+  for (const int64_t d : batch) nb *= d;
+  mr.nb = nb;
+  if (nb * mr.m * mr.n == 0) return mr;
   // Per-thread scratch for the int8 operands and the int32 products (no allocation per call).
   thread_local std::vector<int8_t> aq_buf, bq_buf;
   thread_local std::vector<int32_t> raw_buf;
-  aq_buf.resize(static_cast<size_t>(nb * m * k));
-  bq_buf.resize(static_cast<size_t>(nb * k * n));
-  raw_buf.resize(static_cast<size_t>(nb * m * n));
+  raw_buf.resize(static_cast<size_t>(nb * mr.m * mr.n));
   // Attention operands are transposed / expanded views: quantized in place of a contiguous copy.
-  // A b that is the transpose of a row-major tensor (k^T in Q K^T) is quantized in its own order
-  // (contiguous reads) and handed to oneDNN as column-major.
+  // A b that is the transpose of a row-major tensor (k^T in Q K^T, or probabilities^T) is taken in
+  // its own order (contiguous reads) and handed to oneDNN as column-major.
   const torch::Tensor be = b.expand(eb);
-  const bool b_colmajor = k > 1 && n > 1 && be.stride(-2) == 1 && be.stride(-1) == k;
+  const bool b_colmajor = mr.k > 1 && mr.n > 1 && be.stride(-2) == 1 && be.stride(-1) == mr.k;
   {
     RECORD_FUNCTION("csipose::int8_matmul_quantize", std::vector<c10::IValue>());
-    CSIPOSE_CHECK(quantize_strided_into(a.expand(ea), aq_buf.data(), a_qp, r) &&
-                      quantize_strided_into(b_colmajor ? be.transpose(-2, -1) : be, bq_buf.data(), b_qp, r),
-                  "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+    mr.a = operand_codes(a.expand(ea), a_qp, r, aq_buf);
+    mr.b = operand_codes(b_colmajor ? be.transpose(-2, -1) : be, b_qp, r, bq_buf);
   }
-  const int8_t* ap = aq_buf.data();
-  const int8_t* bp = bq_buf.data();
-  const int32_t* rp = raw_buf.data();
-  // Element (kk, j) of product bi's b in the scratch layout.
-  const int64_t bsk = b_colmajor ? 1 : n, bsn = b_colmajor ? k : 1;
-  if (k > 0) {
+  mr.bsk = b_colmajor ? 1 : mr.n, mr.bsn = b_colmajor ? mr.k : 1;
+  if (mr.k > 0) {
     S8GemmRaw g;
-    g.m = m, g.k = k, g.n = n;
-    g.a = ap, g.lda = k, g.b = bp, g.b_stride_k = bsk, g.b_stride_n = bsn, g.c = raw_buf.data(), g.ldc = n;
-    g.batch = nb, g.a_batch = m * k, g.b_batch = k * n, g.c_batch = m * n;
+    g.m = mr.m, g.k = mr.k, g.n = mr.n;
+    g.a = mr.a, g.lda = mr.k, g.b = mr.b, g.b_stride_k = mr.bsk, g.b_stride_n = mr.bsn, g.c = raw_buf.data(), g.ldc = mr.n;
+    g.batch = nb, g.a_batch = mr.m * mr.k, g.b_batch = mr.k * mr.n, g.c_batch = mr.m * mr.n;
     onednn_s8_gemm_raw(g);
   } else {
     std::fill(raw_buf.begin(), raw_buf.end(), 0);
   }
+  mr.raw = raw_buf.data();
+  return mr;
+}
+
+/// The requantized, dequantized float32 rows of products [b0, b1) of mr (m rows of n each, row i of
+/// product bi at out + ((bi - b0) * m + i) * n, or at out_at(bi) when given): sum (a - za)(b - zb) =
+/// sum a b - za sum_k b - zb sum_k a + K za zb, then the contract's requantize and dequantize.
+template <typename Out>
+void matmul_requantize(const MatmulRaw& mr, const QuantParams& a_qp, const QuantParams& b_qp,
+                       const QuantParams& out_qp, Rounding r, int64_t b0, int64_t b1, Out out_at) {
+  const int64_t m = mr.m, k = mr.k, n = mr.n, mn = m * n;
   const int64_t za = a_qp.zero_point[0], zb = b_qp.zero_point[0];
   const float mult = requantize_multiplier(a_qp.scale[0], b_qp.scale[0], out_qp.scale[0]);
   const float zo = static_cast<float>(out_qp.zero_point[0]), s_out = out_qp.scale[0];
   const float lo = static_cast<float>(out_qp.qmin), hi = static_cast<float>(out_qp.qmax);
+  // Column sums of b and row sums of a fit int32 (|sum| <= 128 k, and k * 128 * 128 fits: check_matmul_bound).
+  thread_local std::vector<int32_t> colsum, rowsum;
+  thread_local std::vector<uint32_t> add;  // the zero-point terms of one product, per element
+  thread_local std::vector<float> mults;
+  colsum.resize(static_cast<size_t>(n));
+  rowsum.resize(static_cast<size_t>(m));
+  add.resize(static_cast<size_t>(mn));
+  if (mults.size() != static_cast<size_t>(mn) || (mn > 0 && mults[0] != mult)) mults.assign(static_cast<size_t>(mn), mult);
+  int32_t* cs = colsum.data();
+  int32_t* rs = rowsum.data();
+  uint32_t* ad = add.data();
+  for (int64_t bi = b0; bi < b1; ++bi) {
+    float* y = out_at(bi);
+    const int8_t* bb = mr.b + bi * k * n;
+    const int8_t* aa = mr.a + bi * m * k;
+    std::fill(cs, cs + n, 0);
+    if (za != 0) {
+      if (mr.bsn == 1) {
+        for (int64_t kk = 0; kk < k; ++kk)
+          for (int64_t j = 0; j < n; ++j) cs[j] += bb[kk * mr.bsk + j];
+      } else {
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t kk = 0; kk < k; ++kk) cs[j] += bb[kk * mr.bsk + j * mr.bsn];
+      }
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      int32_t sum = 0;
+      if (zb != 0)
+        for (int64_t kk = 0; kk < k; ++kk) sum += aa[i * k + kk];
+      rs[i] = sum;
+    }
+    // acc = raw - za colsum[j] - zb rowsum[i] + K za zb fits int32 (check_matmul_bound), so the
+    // terms in wrapped 32-bit arithmetic add up to it exactly.
+    const uint32_t kzz = wrap32(k * za * zb), za32 = wrap32(za), zb32 = wrap32(zb);
+    for (int64_t i = 0; i < m; ++i) {
+      const uint32_t row = kzz - zb32 * static_cast<uint32_t>(rs[i]);
+      uint32_t* arow = ad + i * n;
+      for (int64_t j = 0; j < n; ++j) arow[j] = row - za32 * static_cast<uint32_t>(cs[j]);
+    }
+    const int32_t* raw = mr.raw + bi * mn;
+    if (r == Rounding::half_even) {
+      requant_span_even(raw, ad, mults.data(), mn, zo, lo, hi, s_out, y);  // the whole product in one pass
+      continue;
+    }
+    for (int64_t e = 0; e < mn; ++e) {
+      const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(raw[e]) + ad[e]);
+      float u = round_one(static_cast<float>(acc) * mult, r) + zo;
+      u = u < lo ? lo : (u > hi ? hi : u);
+      y[e] = (u - zo) * s_out;
+    }
+  }
+}
+
+/// Products per task from their size: a batch-1 attention (two 10x10 heads) stays on the caller's
+/// thread instead of paying an OpenMP region for microseconds of work.
+int64_t matmul_grain(const MatmulRaw& mr) {
+  const int64_t work = mr.m * mr.n + mr.k * (mr.m + mr.n);
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1));
+}
+
+}  // namespace
+
+torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                const QuantParams& b_qp, const QuantParams& out_qp, Rounding r) {
+  RECORD_FUNCTION("csipose::int8_matmul_float", std::vector<c10::IValue>());
+  const MatmulRaw mr = matmul_raw("int8_matmul_float", a, a_qp, b, b_qp, out_qp, r);
+  torch::Tensor y = torch::empty(mr.out_shape, a.options().dtype(torch::kFloat));
+  if (y.numel() == 0) return y;
   float* yp = y.data_ptr<float>();
-  // sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb, then requantize + dequantize.
-  // Products per task from their size: a batch-1 attention (two 10x10 heads) stays on the caller's
-  // thread instead of paying an OpenMP region for microseconds of work.
-  const int64_t work = m * n + k * (m + n);
   {
     RECORD_FUNCTION("csipose::int8_matmul_requantize", std::vector<c10::IValue>());
-    at::parallel_for(0, nb, std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)), [&](int64_t b0, int64_t b1) {
-      std::vector<int64_t> colsum(static_cast<size_t>(n));
-      std::vector<uint32_t> add(static_cast<size_t>(n));
-      const std::vector<float> mults(static_cast<size_t>(n), mult);
-      for (int64_t bi = b0; bi < b1; ++bi) {
-        std::fill(colsum.begin(), colsum.end(), 0);
-        const int8_t* bb = bp + bi * k * n;
-        for (int64_t kk = 0; kk < k; ++kk)
-          for (int64_t j = 0; j < n; ++j) colsum[static_cast<size_t>(j)] += bb[kk * bsk + j * bsn];
-        for (int64_t i = 0; i < m; ++i) {
-          int64_t rowsum = 0;
-          for (int64_t kk = 0; kk < k; ++kk) rowsum += ap[(bi * m + i) * k + kk];
-          const int64_t c = k * za * zb - zb * rowsum;
-          const int32_t* rrow = rp + (bi * m + i) * n;
-          float* yrow = yp + (bi * m + i) * n;
-          if (r == Rounding::half_even) {
-            // acc fits int32 (check_matmul_bound), so the wrapped 32-bit terms add up to it exactly.
-            for (int64_t j = 0; j < n; ++j) add[static_cast<size_t>(j)] = wrap32(c - za * colsum[static_cast<size_t>(j)]);
-            requant_span_even(rrow, add.data(), mults.data(), n, zo, lo, hi, s_out, yrow);
-            continue;
-          }
-          for (int64_t j = 0; j < n; ++j) {
-            const int32_t acc = static_cast<int32_t>(rrow[j] - za * colsum[static_cast<size_t>(j)] + c);
-            float u = round_one(static_cast<float>(acc) * mult, r) + zo;
-            u = u < lo ? lo : (u > hi ? hi : u);
-            yrow[j] = (u - zo) * s_out;
-          }
-        }
-      }
+    at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
+      matmul_requantize(mr, a_qp, b_qp, out_qp, r, b0, b1, [&](int64_t bi) { return yp + bi * mr.m * mr.n; });
     });
   }
+  return y;
+}
+
+torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                  const QuantParams& b_qp, const QuantParams& s_qp, const torch::Tensor& scale,
+                                  const torch::Tensor& shift, const QuantParams& p_qp, Rounding r) {
+  RECORD_FUNCTION("csipose::int8_matmul_softmax", std::vector<c10::IValue>());
+  check_activation_params(p_qp, "int8_matmul_softmax");
+  const MatmulRaw mr = matmul_raw("int8_matmul_softmax", a, a_qp, b, b_qp, s_qp, r);
+  const int64_t channels = mr.out_shape.size() >= 3 ? mr.out_shape[1] : 1;  // dimension 1, as row_softmax
+  for (const torch::Tensor* t : {&scale, &shift})
+    CSIPOSE_CHECK(!t->defined() || (mr.out_shape.size() >= 3 && t->dim() == 1 && t->size(0) == channels &&
+                                    t->scalar_type() == torch::kFloat && t->device().is_cpu()),
+                  "int8_matmul_softmax: scale / shift must be float32 CPU vectors of ", channels,
+                  " entries (dimension 1 of a product of 3 or more dimensions)");
+  torch::Tensor y = torch::empty(mr.out_shape, a.options().dtype(torch::kInt8));
+  if (y.numel() == 0) return y;
+  const torch::Tensor sc = scale.defined() ? scale.contiguous() : scale;
+  const torch::Tensor sh = shift.defined() ? shift.contiguous() : shift;
+  const float* ap = sc.defined() ? sc.data_ptr<float>() : nullptr;
+  const float* bp = sh.defined() ? sh.data_ptr<float>() : nullptr;
+  const bool affine = ap != nullptr || bp != nullptr;
+  // Products per channel step: row_softmax's channel of product bi is (bi / per_channel) % channels.
+  const int64_t per_channel = mr.out_shape.size() >= 3 ? mr.nb / (mr.out_shape[0] * channels) : 1;
+  int8_t* yp = y.data_ptr<int8_t>();
+  const int64_t mn = mr.m * mr.n;
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
+    // One product at a time through an L1-sized float row block: requantize + dequantize (the
+    // scores int8_matmul_float returns), softmax (row_softmax's kernel), quantize (the next input
+    // point); the float scores never reach memory.
+    thread_local std::vector<float> rows;
+    rows.resize(static_cast<size_t>(mn));
+    bool finite = true;
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      matmul_requantize(mr, a_qp, b_qp, s_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
+      const int64_t c = affine ? (bi / per_channel) % channels : 0;
+      softmax_rows(rows.data(), rows.data(), mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f,
+                   affine);
+      finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+    }
+    if (!finite) bad.store(true);
+  });
+  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   return y;
 }
 

@@ -147,6 +147,12 @@ bool int8_fused_available(const torch::Device& device);
 /// `conv` null for a linear op. Only where int8_fused_available.
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r = Rounding::half_even);
+/// A batched int8 conv of int8_op_fused runs in chunks of samples whose int8 columns and int32
+/// sums take about this many bytes (default 256 KiB: they stay in a core's L2 cache between the
+/// im2col, the GEMM and the requantization), one chunk per task; a chunk holds at least one
+/// sample. The results do not depend on it (tests set 1: a chunk per sample).
+void set_int8_conv_chunk_bytes(int64_t bytes);
+int64_t int8_conv_chunk_bytes();
 /// What int8_op_fused returns: the float32 dequantized output (default), or the int8 codes at
 /// out_qp for the next int8 op, each mapped through `table` when given (indexed by the code's bit
 /// pattern, uint8_t(q); int8_code_table builds one).
@@ -170,9 +176,22 @@ std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const 
                                         const QuantParams& from, const QuantParams& to,
                                         Rounding r = Rounding::half_even);
 /// dequantize_tensor(int8_matmul(quantize_tensor(a), quantize_tensor(b)), out_qp) for float32 a, b
-/// (torch::matmul broadcasting), fused the same way. Only where int8_fused_available.
+/// (torch::matmul broadcasting), fused the same way. Either operand may instead be int8 codes at its
+/// params already (int8_matmul_softmax's output), used as they are. Only where int8_fused_available.
 torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
                                 const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
+/// Attention probabilities as int8 codes in one pass:
+///     quantize_tensor(row_softmax(int8_matmul_float(a, a_qp, b, b_qp, s_qp, r), scale, shift), p_qp, r)
+/// bit for bit (the int8 scores product, its output point, an optional per-channel affine map of
+/// dimension 1 (an eval-mode BatchNorm, as row_softmax) and the softmax over the last dimension,
+/// then the next product's input point p_qp), without writing the float scores: each product's
+/// rows go through requantize, softmax and quantize while in cache. int8 (batch..., m, n),
+/// row-major. Throws for non-finite probabilities, as quantize_tensor. Only where
+/// int8_fused_available.
+torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                  const QuantParams& b_qp, const QuantParams& s_qp, const torch::Tensor& scale,
+                                  const torch::Tensor& shift, const QuantParams& p_qp,
+                                  Rounding r = Rounding::half_even);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------
 // fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),

@@ -494,9 +494,13 @@ torch::Tensor QMatmulImpl::forward(const torch::Tensor& a, const torch::Tensor& 
     const auto* s = hook->int8_state();
     if (s->inputs.empty()) return small_matmul(a, b);
     const Rounding r = hook->activation_rounding();
+    // An int8 operand holds codes at its input point already (int8_attention_probs).
     if (int8_fused_available(a.device())) return int8_matmul_float(a, s->inputs[0], b, s->inputs[1], *s->output, r);
-    const torch::Tensor aq = quantize_tensor(a.contiguous(), s->inputs[0], r);
-    const torch::Tensor bq = quantize_tensor(b.contiguous(), s->inputs[1], r);
+    const auto codes = [&](const torch::Tensor& x, int i) {
+      return x.scalar_type() == torch::kInt8 ? x.contiguous() : quantize_tensor(x.contiguous(), s->inputs[static_cast<size_t>(i)], r);
+    };
+    const torch::Tensor aq = codes(a, 0);
+    const torch::Tensor bq = codes(b, 1);
     return dequantize_tensor(int8_matmul(aq, s->inputs[0], bq, s->inputs[1], *s->output, r), *s->output);
   }
   return hook->output(small_matmul(hook->input(a, 0), hook->input(b, 1)));
@@ -529,6 +533,33 @@ std::atomic<int64_t>& chain_runs() {
   return n;
 }
 }  // namespace
+
+namespace {
+std::atomic<int64_t>& attention_runs() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+}  // namespace
+
+torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, int input, const torch::Tensor& a,
+                                   const torch::Tensor& b, const torch::Tensor& scale, const torch::Tensor& shift,
+                                   bool training) {
+  CSIPOSE_CHECK(input == 0 || input == 1, "int8_attention_probs: input must be 0 or 1, got ", input);
+  if (training || !int8_chaining() || !scores.hook || !context.hook) return {};
+  for (const QuantHook* h : {scores.hook.get(), context.hook.get()})
+    if (h->mode() != QuantMode::int8 || h->int8_state()->inputs.empty() || !h->int8_state()->output) return {};
+  const Rounding r = scores.hook->activation_rounding();
+  if (context.hook->activation_rounding() != r || a.scalar_type() != torch::kFloat ||
+      b.scalar_type() != torch::kFloat || !int8_fused_available(a.device()) || b.device() != a.device())
+    return {};
+  const auto* s = scores.hook->int8_state();
+  const QuantParams& p_qp = context.hook->int8_state()->inputs[static_cast<size_t>(input)];
+  torch::Tensor probs = int8_matmul_softmax(a, s->inputs[0], b, s->inputs[1], *s->output, scale, shift, p_qp, r);
+  attention_runs().fetch_add(1);
+  return probs;
+}
+
+int64_t int8_attention_runs() { return attention_runs().load(); }
 
 void set_int8_chaining(bool on) { chaining_flag().store(on); }
 bool int8_chaining() { return chaining_flag().load(); }

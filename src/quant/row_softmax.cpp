@@ -82,6 +82,17 @@ torch::Tensor reference(const torch::Tensor& x, const torch::Tensor& scale, cons
 
 }  // namespace
 
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, float b, bool affine) {
+  if (rows <= 0 || n <= 0) return;
+  const int64_t block = std::max<int64_t>(1, 4096 / n);  // as row_softmax: the exponentials of a block in L1
+  for (int64_t b0 = 0; b0 < rows; b0 += block) {
+    const int64_t b1 = std::min(rows, b0 + block);
+    for (int64_t r = b0; r < b1; ++r) shift_row(x + r * n, a, b, affine, y + r * n, n);
+    exp_nonpositive(y + b0 * n, (b1 - b0) * n);
+    for (int64_t r = b0; r < b1; ++r) normalize_row(y + r * n, n);
+  }
+}
+
 torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift) {
   CSIPOSE_CHECK(x.dim() >= 2, "row_softmax: needs at least 2 dimensions, got ", x.dim());
   for (const torch::Tensor* p : {&scale, &shift})

@@ -23,4 +23,10 @@ namespace csipose {
 /// CUDA, other dtypes, strided views) is computed with torch ops.
 torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale = {}, const torch::Tensor& shift = {});
 
+/// row_softmax's kernel on raw memory, for callers that fuse it with their own passes (the int8
+/// attention, quant/int8_ops.h): `rows` rows of n contiguous float32 values at x, each replaced by
+/// softmax(x * a + b) (affine) or softmax(x), written to y (which may be x). The same float
+/// operations as row_softmax, so the same bits for the same row and (a, b).
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, float b, bool affine);
+
 }  // namespace csipose

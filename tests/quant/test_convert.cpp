@@ -22,6 +22,8 @@
 #include "quant/bitpack.h"
 #include "quant/int8_backend.h"
 #include "quant/prepare.h"
+#include "quant/qmodules.h"
+#include "quant/row_softmax.h"
 #include "testing.h"
 
 namespace csipose {
@@ -368,6 +370,54 @@ TEST(Int8Backend, OnednnOpsAreBitIdenticalToTheReference) {
   }
 }
 
+// The fused attention probabilities are the composed ops' codes bit for bit: int8 scores product
+// (operands as attention hands them over: q^T and k as views of one narrowed qkv tensor), its
+// output point, the per-group affine map and softmax of row_softmax, the next input point. The
+// codes then go into the context product as they are.
+TEST(Int8Backend, FusedAttentionProbabilitiesAreTheComposedOps) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  torch::manual_seed(8);
+  for (const int32_t zp : {-128, -5, 0, 90}) {
+    const QuantParams q_qp = QuantParams::per_tensor(0.05f, zp, -128, 127);
+    const QuantParams k_qp = QuantParams::per_tensor(0.04f, -zp / 3, -128, 127);
+    const QuantParams s_qp = QuantParams::per_tensor(0.08f, zp / 4, -128, 127);
+    const QuantParams p_qp = QuantParams::per_tensor(1.0f / 255, -128, -128, 127);
+    for (const auto& [b, g, cg, l] : std::vector<std::array<int64_t, 4>>{{6, 4, 8, 20}, {5, 2, 3, 15}, {1, 1, 16, 7}}) {
+      const torch::Tensor qkv = torch::randn({b, 3 * g * cg, l}) * 2;  // (B, 3C, L) as the qkv conv gives it
+      const torch::Tensor q = qkv.narrow(1, 0, g * cg).reshape({b, g, cg, l}).transpose(2, 3);  // (B, G, L, C/G)
+      const torch::Tensor k = qkv.narrow(1, g * cg, g * cg).reshape({b, g, cg, l});
+      const torch::Tensor a = torch::rand({g}) + 0.5, sh = torch::randn({g});
+      const torch::Tensor scores = int8_matmul_float(q, q_qp, k, k_qp, s_qp);
+      EXPECT_TRUE(torch::equal(scores, dequantize_tensor(int8_matmul(quantize_tensor(q.contiguous(), q_qp), q_qp,
+                                                                     quantize_tensor(k.contiguous(), k_qp), k_qp, s_qp),
+                                                         s_qp)))
+          << "narrowed operands, zp " << zp;
+      const torch::Tensor want = quantize_tensor(row_softmax(scores, a, sh), p_qp);
+      const torch::Tensor got = int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, a, sh, p_qp);
+      ASSERT_EQ(got.scalar_type(), torch::kInt8);
+      EXPECT_TRUE(torch::equal(got, want)) << "zp " << zp << " l " << l << ": "
+                                           << (got.to(torch::kInt) - want.to(torch::kInt)).abs().max().item<int>();
+      EXPECT_TRUE(torch::equal(int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, {}, {}, p_qp),
+                               quantize_tensor(row_softmax(scores), p_qp)))
+          << "no affine map, zp " << zp;
+      // The context product takes the codes (transposed, as WiFlow's v p^T) as they are.
+      const torch::Tensor v = qkv.narrow(1, 2 * g * cg, g * cg).reshape({b, g, cg, l});
+      const QuantParams v_qp = QuantParams::per_tensor(0.03f, 4, -128, 127);
+      EXPECT_TRUE(torch::equal(int8_matmul_float(v, v_qp, got.transpose(2, 3), p_qp, s_qp),
+                               int8_matmul_float(v, v_qp, dequantize_tensor(got, p_qp).transpose(2, 3), p_qp, s_qp)))
+          << "int8 operand, zp " << zp;
+    }
+  }
+  // Bad scale / shift shapes and non-finite inputs are refused.
+  const QuantParams qp = QuantParams::per_tensor(0.05f, 0, -128, 127);
+  const torch::Tensor x = torch::randn({2, 3, 4, 5}), y = torch::randn({2, 3, 5, 4});
+  EXPECT_THROW(int8_matmul_softmax(x, qp, y, qp, qp, torch::ones({2}), {}, qp), Error);
+  torch::Tensor xn = x.clone();
+  xn[1][2][3][4] = NAN;
+  EXPECT_THROW(int8_matmul_softmax(xn, qp, y, qp, qp, {}, {}, qp), Error);
+}
+
 /// The exact int64 product of int8 tensors (float64 GEMM of integers: exact, see int8_ops.h).
 torch::Tensor exact_product(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::matmul(a.to(torch::kDouble), b.to(torch::kDouble)).to(torch::kLong);
@@ -536,7 +586,20 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   torch::manual_seed(12);
   const QuantParams in = QuantParams::per_tensor(0.03f, 7, -128, 127);  // padding code 7, not 0
   const QuantParams out = QuantParams::per_tensor(0.04f, -2, -128, 127);
+  // A code table (a permutation-like map over all 256 codes) for the mapped-output check.
+  std::array<int8_t, 256> table{};
+  for (int b = 0; b < 256; ++b) table[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b * 37 + 11));
+  const auto mapped = [&](const torch::Tensor& q) {
+    torch::Tensor m = q.clone();
+    int8_t* p = m.data_ptr<int8_t>();
+    for (int64_t i = 0; i < m.numel(); ++i) p[i] = table[static_cast<uint8_t>(p[i])];
+    return m;
+  };
+  const int64_t default_chunk = int8_conv_chunk_bytes();
   int64_t cases = 0;
+  // Whole-batch chunks (the default at this size) and a chunk per sample give the same codes.
+  for (const int64_t chunk_bytes : {default_chunk, int64_t{1}}) {
+  set_int8_conv_chunk_bytes(chunk_bytes);
   for (int64_t k : {1, 2, 3, 4})
     for (int64_t stride : {1, 2, 3})
       for (int64_t pad : {0, 1, 3, 5})
@@ -546,26 +609,35 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
             if (len + 2 * pad < dil * (k - 1) + 1) continue;  // kernel longer than the padded input
             const PackedWeight w1 = pack_weight(torch::randn({4, 6 / groups, k}) * 0.2, torch::randn({4}) * 0.1,
                                                 QuantSpec::weight_default(), in);
-            const torch::Tensor x1 = torch::randn({2, 6, len}) * 2;
+            const torch::Tensor x1 = torch::randn({3, 6, len}) * 2;
             const torch::Tensor q1 = quantize_tensor(x1, in);
             const Int8Conv g1{{stride}, {pad}, {dil}, groups};
-            EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, nullptr}),
-                                     int8_conv1d(q1, in, w1, out, stride, pad, dil, groups)))
-                << "1-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups;
+            const torch::Tensor want1 = int8_conv1d(q1, in, w1, out, stride, pad, dil, groups);
+            EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, nullptr}), want1))
+                << "1-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups
+                << " chunk " << chunk_bytes;
+            EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, table.data()}), mapped(want1)))
+                << "1-d k " << k << " chunk " << chunk_bytes << ": through the code table";
+            EXPECT_TRUE(torch::equal(int8_op_fused(q1, in, w1, out, &g1, Int8Output{}), dequantize_tensor(want1, out)))
+                << "1-d k " << k << " chunk " << chunk_bytes << ": float output";
             // 2-d: a (k, k - 1 or 1) kernel, (pad, pad / 2) padding, strides (stride, 1), dilation (1, dil),
             // on an int8 input that is a transposed (non-contiguous) view.
             const int64_t kw = std::max<int64_t>(1, k - 1);
             if (5 + 2 * pad < k || len + 2 * (pad / 2) < dil * (kw - 1) + 1) continue;
             const PackedWeight w2 = pack_weight(torch::randn({4, 6 / groups, k, kw}) * 0.2, torch::Tensor(),
                                                 QuantSpec::weight_default(), in);
-            const torch::Tensor q2 = quantize_tensor(torch::randn({2, 6, len, 5}) * 2, in).transpose(2, 3);
+            const torch::Tensor q2 = quantize_tensor(torch::randn({3, 6, len, 5}) * 2, in).transpose(2, 3);
             const Int8Conv g2{{stride, 1}, {pad, pad / 2}, {1, dil}, groups};
             EXPECT_TRUE(torch::equal(int8_op_fused(q2, in, w2, out, &g2, Int8Output{true, nullptr}),
                                      int8_conv2d(q2, in, w2, out, {stride, 1}, {pad, pad / 2}, {1, dil}, groups)))
-                << "2-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups;
+                << "2-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups
+                << " chunk " << chunk_bytes;
             ++cases;
           }
-  EXPECT_GT(cases, 100);
+  }
+  set_int8_conv_chunk_bytes(default_chunk);
+  EXPECT_GT(cases, 200);
+  EXPECT_THROW(set_int8_conv_chunk_bytes(0), Error);
   // Bad geometry is a one-line error, never a read outside the input: a kernel longer than the
   // padded input, a zero stride.
   const PackedWeight w4 = pack_weight(torch::randn({4, 6, 4}) * 0.2, torch::Tensor(), QuantSpec::weight_default(), in);
@@ -577,7 +649,8 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 2 per pose_nano
 // forward: the feed-forward and the keypoint head) and give the same outputs, bit for bit, as the
-// same model with every op dequantizing and the float functions in between.
+// same model with every op dequantizing and the float functions in between. WiFlow's attentions
+// also hand the softmax probabilities to their context product as int8 codes (2 per forward).
 TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
   BackendScope s(Int8BackendKind::onednn);
@@ -585,7 +658,7 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
     const Converted c = convert_preset(preset, 31);
     torch::NoGradGuard g;
     ASSERT_TRUE(int8_chaining());
-    const int64_t before = int8_chain_runs();
+    const int64_t before = int8_chain_runs(), attention_before = int8_attention_runs();
     const torch::Tensor chained = c.model->forward(c.x);
     EXPECT_EQ(int8_chain_runs() - before, chains) << preset;
     set_int8_chaining(false);
@@ -593,6 +666,8 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
     set_int8_chaining(true);
     EXPECT_EQ(int8_chain_runs() - before, chains) << preset;  // none while off
     EXPECT_TRUE(torch::equal(chained, plain)) << preset << ": max diff " << (chained - plain).abs().max().item<double>();
+    // WiFlow's two axial attentions fuse scores -> softmax -> probabilities codes while chains are on.
+    EXPECT_EQ(int8_attention_runs() - attention_before, preset == "wiflow_tiny" ? 2 : 0) << preset;
     // Training mode and fake-quant models never chain.
     c.model->train();
     c.model->forward(c.x);
