@@ -1053,35 +1053,52 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
     shape.back() = c_out;
     torch::Tensor y = torch::empty(shape, out_options);
     if (rows == 0) return y;
-    thread_local std::vector<int8_t> xq_buf;
-    thread_local std::vector<int32_t> acc_buf;
-    acc_buf.resize(static_cast<size_t>(rows * c_out));
-    const int8_t* xq = nullptr;
-    if (q_in) {
-      xq = xc.data_ptr<int8_t>();  // codes at in_qp already (the previous op of an int8 chain)
+    const int8_t* wp = wq.data_ptr<int8_t>();
+    float* dst_f = out_spec.int8 ? nullptr : y.data_ptr<float>();
+    int8_t* dst_q = out_spec.int8 ? y.data_ptr<int8_t>() : nullptr;
+    std::atomic<bool> bad{false};
+    // Rows [r0, r1): int8 input (quantized into per-thread scratch unless the codes came in), the
+    // int32 sums in per-thread scratch, the requantization into y.
+    const auto run = [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<int8_t> xq_buf;
+      thread_local std::vector<int32_t> acc_buf;
+      const int64_t m = r1 - r0;
+      acc_buf.resize(static_cast<size_t>(m * c_out));
+      const int8_t* xq = nullptr;
+      if (q_in) {
+        xq = xc.data_ptr<int8_t>() + r0 * k;  // codes at in_qp already (the previous op of an int8 chain)
+      } else {
+        xq_buf.resize(static_cast<size_t>(m * k));
+        if (!quantize_into(xc.data_ptr<float>() + r0 * k, m * k, xq_buf.data(), in_qp, r)) bad.store(true);
+        xq = xq_buf.data();
+      }
+      if (k > 0) {
+        S8GemmRaw g;
+        g.m = m, g.k = k, g.n = c_out;
+        g.a = xq, g.lda = k;
+        g.b = wp, g.b_stride_k = 1, g.b_stride_n = k;  // W (O, K) read as W^T
+        g.c = acc_buf.data(), g.ldc = c_out;
+        onednn_s8_gemm_raw(g);
+      } else {
+        std::fill(acc_buf.begin(), acc_buf.end(), 0);
+      }
+      requantize_rows(acc_buf.data(), m, c_out, comp, w.bias_q, mult, out_qp, r, dst_f ? dst_f + r0 * c_out : nullptr,
+                      dst_q ? dst_q + r0 * c_out : nullptr, out_spec.int8 ? out_spec.table : nullptr);
+    };
+    // Many rows run in chunks whose int8 input and int32 sums stay in L2, one chunk per task (as
+    // the convs below); a few rows are one chunk whose stages use all threads.
+    const int64_t threads = at::get_num_threads();
+    int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(k + 4 * c_out, 1), 1, rows);
+    chunk = std::min(chunk, (rows + threads - 1) / threads);
+    if (chunk >= rows) {
+      run(0, rows);
     } else {
-      xq_buf.resize(static_cast<size_t>(rows * k));
-      CSIPOSE_CHECK(quantize_into(xc.data_ptr<float>(), rows * k, xq_buf.data(), in_qp, r),
-                    "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
-      xq = xq_buf.data();
+      const int64_t chunks = (rows + chunk - 1) / chunk;
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t ci = c0; ci < c1; ++ci) run(ci * chunk, std::min(rows, (ci + 1) * chunk));
+      });
     }
-    if (k > 0) {
-      S8GemmRaw g;
-      g.m = rows, g.k = k, g.n = c_out;
-      g.a = xq, g.lda = k;
-      g.b = wq.data_ptr<int8_t>(), g.b_stride_k = 1, g.b_stride_n = k;  // W (O, K) read as W^T
-      g.c = acc_buf.data(), g.ldc = c_out;
-      onednn_s8_gemm_raw(g);
-    } else {
-      std::fill(acc_buf.begin(), acc_buf.end(), 0);
-    }
-    if (out_spec.int8) {
-      requantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, nullptr, y.data_ptr<int8_t>(),
-                      out_spec.table);
-    } else {
-      requantize_rows(acc_buf.data(), rows, c_out, comp, w.bias_q, mult, out_qp, r, y.data_ptr<float>(), nullptr,
-                      nullptr);
-    }
+    CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
     return y;
   }
   torch::Tensor xq = x;

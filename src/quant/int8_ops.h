@@ -150,7 +150,8 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
 /// A batched int8 conv of int8_op_fused runs in chunks of samples whose int8 columns and int32
 /// sums take about this many bytes (default 256 KiB: they stay in a core's L2 cache between the
 /// im2col, the GEMM and the requantization), one chunk per task; a chunk holds at least one
-/// sample. The results do not depend on it (tests set 1: a chunk per sample).
+/// sample. A linear op does the same with chunks of rows (int8 input and int32 sums). The results
+/// do not depend on it (tests set 1: a chunk per sample or row).
 void set_int8_conv_chunk_bytes(int64_t bytes);
 int64_t int8_conv_chunk_bytes();
 /// What int8_op_fused returns: the float32 dequantized output (default), or the int8 codes at

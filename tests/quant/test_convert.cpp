@@ -600,6 +600,20 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   // Whole-batch chunks (the default at this size) and a chunk per sample give the same codes.
   for (const int64_t chunk_bytes : {default_chunk, int64_t{1}}) {
   set_int8_conv_chunk_bytes(chunk_bytes);
+  {  // a linear op in chunks of rows: float and int8 inputs, float, int8 and mapped outputs
+    const PackedWeight wl = pack_weight(torch::randn({24, 40}) * 0.1, torch::randn({24}) * 0.1,
+                                        QuantSpec::weight_default(), in);
+    const torch::Tensor xl = torch::randn({3, 7, 40}) * 2, ql = quantize_tensor(xl, in);
+    const torch::Tensor want = int8_linear(ql, in, wl, out);
+    EXPECT_TRUE(torch::equal(int8_op_fused(xl, in, wl, out, nullptr, Int8Output{true, nullptr}), want)) << chunk_bytes;
+    EXPECT_TRUE(torch::equal(int8_op_fused(ql, in, wl, out, nullptr, Int8Output{true, table.data()}), mapped(want)))
+        << chunk_bytes;
+    EXPECT_TRUE(torch::equal(int8_op_fused(xl, in, wl, out, nullptr, Int8Output{}), dequantize_tensor(want, out)))
+        << chunk_bytes;
+    torch::Tensor xn = xl.clone();
+    xn[2][6][39] = NAN;  // in the last chunk
+    EXPECT_THROW(int8_op_fused(xn, in, wl, out, nullptr, Int8Output{}), Error) << chunk_bytes;
+  }
   for (int64_t k : {1, 2, 3, 4})
     for (int64_t stride : {1, 2, 3})
       for (int64_t pad : {0, 1, 3, 5})
