@@ -263,9 +263,17 @@ torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   // (N, T, d) -> (N, H, T, hd)
   auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
   const torch::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
-  torch::Tensor w = scores_mm(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (N, H, T, T)
-  w = row_softmax(w.contiguous());  // torch::softmax(w, -1) under autograd; the row kernel in inference
-  w = torch::dropout(w, dropout_, is_training());
+  const double scaling = std::sqrt(static_cast<double>(hd));
+  // A converted model: the scores product, the scaling, the softmax and context_mm's input point
+  // in one pass, giving context_mm its int8 codes (undefined when not converted). The model
+  // divides a float32 tensor by the double scaling, which ATen does in float32 (tensor / float).
+  torch::Tensor w = int8_attention_probs(*scores_mm, *context_mm, /*input=*/0, q, k.transpose(-2, -1),
+                                         static_cast<float>(scaling), {}, {}, is_training());
+  if (!w.defined()) {
+    w = scores_mm(q, k.transpose(-2, -1)) / scaling;  // (N, H, T, T)
+    w = row_softmax(w.contiguous());  // torch::softmax(w, -1) under autograd; the row kernel in inference
+    w = torch::dropout(w, dropout_, is_training());
+  }
   const torch::Tensor o = context_mm(w, v).transpose(1, 2).reshape({N, T, d});  // (N, T, d)
   return out_proj(o);
 }

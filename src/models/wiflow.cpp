@@ -424,7 +424,7 @@ torch::Tensor AxialAttentionImpl::forward(const torch::Tensor& x) {
     // A converted model: the scores product, bn_similarity, the softmax and context_mm's input
     // point in one pass, giving context_mm its int8 codes (undefined when not converted).
     const auto [a, b] = similarity_affine();
-    probs = int8_attention_probs(*scores_mm, *context_mm, /*input=*/1, q.transpose(2, 3), k, a, b, false);
+    probs = int8_attention_probs(*scores_mm, *context_mm, /*input=*/1, q.transpose(2, 3), k, 1.0f, a, b, false);
   }
   if (!probs.defined()) probs = similarity_softmax(scores_mm(q.transpose(2, 3), k));
   const torch::Tensor out = context_mm(v, probs.transpose(2, 3))                   // (B, G, C/G, L_i)

@@ -1379,8 +1379,9 @@ torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp,
 }
 
 torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
-                                  const QuantParams& b_qp, const QuantParams& s_qp, const torch::Tensor& scale,
-                                  const torch::Tensor& shift, const QuantParams& p_qp, Rounding r) {
+                                  const QuantParams& b_qp, const QuantParams& s_qp, float divisor,
+                                  const torch::Tensor& scale, const torch::Tensor& shift, const QuantParams& p_qp,
+                                  Rounding r) {
   RECORD_FUNCTION("csipose::int8_matmul_softmax", std::vector<c10::IValue>());
   check_activation_params(p_qp, "int8_matmul_softmax");
   const MatmulRaw mr = matmul_raw("int8_matmul_softmax", a, a_qp, b, b_qp, s_qp, r);
@@ -1411,6 +1412,10 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
     bool finite = true;
     for (int64_t bi = b0; bi < b1; ++bi) {
       matmul_requantize(mr, a_qp, b_qp, s_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
+      if (divisor != 1.0f) {
+        float* v = rows.data();
+        for (int64_t e = 0; e < mn; ++e) v[e] = v[e] / divisor;  // IEEE division, as ATen's tensor / scalar
+      }
       const int64_t c = affine ? (bi / per_channel) % channels : 0;
       softmax_rows(rows.data(), rows.data(), mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f,
                    affine);

@@ -182,16 +182,18 @@ std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const 
 torch::Tensor int8_matmul_float(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
                                 const QuantParams& b_qp, const QuantParams& out_qp, Rounding r = Rounding::half_even);
 /// Attention probabilities as int8 codes in one pass:
-///     quantize_tensor(row_softmax(int8_matmul_float(a, a_qp, b, b_qp, s_qp, r), scale, shift), p_qp, r)
-/// bit for bit (the int8 scores product, its output point, an optional per-channel affine map of
-/// dimension 1 (an eval-mode BatchNorm, as row_softmax) and the softmax over the last dimension,
-/// then the next product's input point p_qp), without writing the float scores: each product's
-/// rows go through requantize, softmax and quantize while in cache. int8 (batch..., m, n),
+///     s = int8_matmul_float(a, a_qp, b, b_qp, s_qp, r) / divisor     (float32 division; none for 1)
+///     quantize_tensor(row_softmax(s, scale, shift), p_qp, r)
+/// bit for bit (the int8 scores product, its output point, the pose transformer's 1/sqrt(d)
+/// scaling as the float32 division the model does, an optional per-channel affine map of
+/// dimension 1 (WiFlow's eval-mode BatchNorm, as row_softmax) and the softmax over the last
+/// dimension, then the next product's input point p_qp), without writing the float scores: each
+/// product's rows go through requantize, softmax and quantize while in cache. int8 (batch..., m, n),
 /// row-major. Throws for non-finite probabilities, as quantize_tensor. Only where
 /// int8_fused_available.
 torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
-                                  const QuantParams& b_qp, const QuantParams& s_qp, const torch::Tensor& scale,
-                                  const torch::Tensor& shift, const QuantParams& p_qp,
+                                  const QuantParams& b_qp, const QuantParams& s_qp, float divisor,
+                                  const torch::Tensor& scale, const torch::Tensor& shift, const QuantParams& p_qp,
                                   Rounding r = Rounding::half_even);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------

@@ -542,8 +542,8 @@ std::atomic<int64_t>& attention_runs() {
 }  // namespace
 
 torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, int input, const torch::Tensor& a,
-                                   const torch::Tensor& b, const torch::Tensor& scale, const torch::Tensor& shift,
-                                   bool training) {
+                                   const torch::Tensor& b, float divisor, const torch::Tensor& scale,
+                                   const torch::Tensor& shift, bool training) {
   CSIPOSE_CHECK(input == 0 || input == 1, "int8_attention_probs: input must be 0 or 1, got ", input);
   if (training || !int8_chaining() || !scores.hook || !context.hook) return {};
   for (const QuantHook* h : {scores.hook.get(), context.hook.get()})
@@ -554,7 +554,7 @@ torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, in
     return {};
   const auto* s = scores.hook->int8_state();
   const QuantParams& p_qp = context.hook->int8_state()->inputs[static_cast<size_t>(input)];
-  torch::Tensor probs = int8_matmul_softmax(a, s->inputs[0], b, s->inputs[1], *s->output, scale, shift, p_qp, r);
+  torch::Tensor probs = int8_matmul_softmax(a, s->inputs[0], b, s->inputs[1], *s->output, divisor, scale, shift, p_qp, r);
   attention_runs().fetch_add(1);
   return probs;
 }

@@ -290,15 +290,16 @@ struct Int8Link {
 /// CPU tensor on the fused (oneDNN) backend, `training` is false and chains are on.
 torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training);
 /// The attention probabilities of a converted model as int8 codes at `context`'s input point
-/// `input` (0 or 1): int8_matmul_softmax of `scores`' product a @ b, softmax(s * scale[c] +
-/// shift[c]) over the last dimension (c along dimension 1; scale / shift undefined: none), quantized
+/// `input` (0 or 1): int8_matmul_softmax of `scores`' product s = a @ b, softmax(s / divisor *
+/// scale[c] + shift[c]) over the last dimension (c along dimension 1; divisor 1, scale / shift
+/// undefined: none), quantized
 /// with that input point: the codes `context` would make of scores -> row_softmax, computed without
 /// the float scores; `context` takes them as they are. Undefined (run the float code instead)
 /// unless both are converted matmuls with quantized activations and one rounding, a and b are on the
 /// fused (oneDNN) backend, `training` is false and chains are on.
 torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, int input, const torch::Tensor& a,
-                                   const torch::Tensor& b, const torch::Tensor& scale, const torch::Tensor& shift,
-                                   bool training);
+                                   const torch::Tensor& b, float divisor, const torch::Tensor& scale,
+                                   const torch::Tensor& shift, bool training);
 /// How many times int8_attention_probs has fused a softmax in this process (tests and diagnostics).
 int64_t int8_attention_runs();
 /// Chains on (default) or off: off, every op dequantizes its output and the float functions run in

@@ -394,13 +394,18 @@ TEST(Int8Backend, FusedAttentionProbabilitiesAreTheComposedOps) {
                                                          s_qp)))
           << "narrowed operands, zp " << zp;
       const torch::Tensor want = quantize_tensor(row_softmax(scores, a, sh), p_qp);
-      const torch::Tensor got = int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, a, sh, p_qp);
+      const torch::Tensor got = int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, 1.0f, a, sh, p_qp);
       ASSERT_EQ(got.scalar_type(), torch::kInt8);
       EXPECT_TRUE(torch::equal(got, want)) << "zp " << zp << " l " << l << ": "
                                            << (got.to(torch::kInt) - want.to(torch::kInt)).abs().max().item<int>();
-      EXPECT_TRUE(torch::equal(int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, {}, {}, p_qp),
+      EXPECT_TRUE(torch::equal(int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, 1.0f, {}, {}, p_qp),
                                quantize_tensor(row_softmax(scores), p_qp)))
           << "no affine map, zp " << zp;
+      // The pose transformer's scaling: the float scores divided by sqrt(d) as the model does it.
+      const double root = std::sqrt(static_cast<double>(cg));
+      EXPECT_TRUE(torch::equal(int8_matmul_softmax(q, q_qp, k, k_qp, s_qp, static_cast<float>(root), {}, {}, p_qp),
+                               quantize_tensor(row_softmax((scores / root).contiguous()), p_qp)))
+          << "divisor, zp " << zp;
       // The context product takes the codes (transposed, as WiFlow's v p^T) as they are.
       const torch::Tensor v = qkv.narrow(1, 2 * g * cg, g * cg).reshape({b, g, cg, l});
       const QuantParams v_qp = QuantParams::per_tensor(0.03f, 4, -128, 127);
@@ -412,10 +417,10 @@ TEST(Int8Backend, FusedAttentionProbabilitiesAreTheComposedOps) {
   // Bad scale / shift shapes and non-finite inputs are refused.
   const QuantParams qp = QuantParams::per_tensor(0.05f, 0, -128, 127);
   const torch::Tensor x = torch::randn({2, 3, 4, 5}), y = torch::randn({2, 3, 5, 4});
-  EXPECT_THROW(int8_matmul_softmax(x, qp, y, qp, qp, torch::ones({2}), {}, qp), Error);
+  EXPECT_THROW(int8_matmul_softmax(x, qp, y, qp, qp, 1.0f, torch::ones({2}), {}, qp), Error);
   torch::Tensor xn = x.clone();
   xn[1][2][3][4] = NAN;
-  EXPECT_THROW(int8_matmul_softmax(xn, qp, y, qp, qp, {}, {}, qp), Error);
+  EXPECT_THROW(int8_matmul_softmax(xn, qp, y, qp, qp, 1.0f, {}, {}, qp), Error);
 }
 
 /// The exact int64 product of int8 tensors (float64 GEMM of integers: exact, see int8_ops.h).
@@ -663,8 +668,9 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 2 per pose_nano
 // forward: the feed-forward and the keypoint head) and give the same outputs, bit for bit, as the
-// same model with every op dequantizing and the float functions in between. WiFlow's attentions
-// also hand the softmax probabilities to their context product as int8 codes (2 per forward).
+// same model with every op dequantizing and the float functions in between. The attentions also
+// hand the softmax probabilities to their context product as int8 codes (2 per wiflow_tiny
+// forward, 1 per pose_nano forward).
 TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
   BackendScope s(Int8BackendKind::onednn);
@@ -680,8 +686,8 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
     set_int8_chaining(true);
     EXPECT_EQ(int8_chain_runs() - before, chains) << preset;  // none while off
     EXPECT_TRUE(torch::equal(chained, plain)) << preset << ": max diff " << (chained - plain).abs().max().item<double>();
-    // WiFlow's two axial attentions fuse scores -> softmax -> probabilities codes while chains are on.
-    EXPECT_EQ(int8_attention_runs() - attention_before, preset == "wiflow_tiny" ? 2 : 0) << preset;
+    // The attentions fuse scores -> softmax -> probabilities codes while chains are on.
+    EXPECT_EQ(int8_attention_runs() - attention_before, preset == "wiflow_tiny" ? 2 : 1) << preset;
     // Training mode and fake-quant models never chain.
     c.model->train();
     c.model->forward(c.x);
