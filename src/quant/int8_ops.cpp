@@ -1010,6 +1010,28 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
 
 }  // namespace
 
+namespace {
+
+/// run(i0, i1) over [0, items) in chunks of about conv_chunk_bytes() (bytes_per_item each, at least
+/// one item), one chunk per task and every thread given work; few items are one call on the
+/// calling thread, whose stages then use all threads.
+template <typename Run>
+void run_in_chunks(int64_t items, int64_t bytes_per_item, const Run& run) {
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(bytes_per_item, 1), 1, items);
+  chunk = std::min(chunk, (items + threads - 1) / threads);
+  if (chunk >= items) {
+    run(int64_t{0}, items);
+    return;
+  }
+  const int64_t chunks = (items + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) run(ci * chunk, std::min(items, (ci + 1) * chunk));
+  });
+}
+
+}  // namespace
+
 bool int8_fused_available(const torch::Device& device) { return use_onednn(device); }
 
 void set_int8_conv_chunk_bytes(int64_t bytes) {
@@ -1085,19 +1107,8 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
       requantize_rows(acc_buf.data(), m, c_out, comp, w.bias_q, mult, out_qp, r, dst_f ? dst_f + r0 * c_out : nullptr,
                       dst_q ? dst_q + r0 * c_out : nullptr, out_spec.int8 ? out_spec.table : nullptr);
     };
-    // Many rows run in chunks whose int8 input and int32 sums stay in L2, one chunk per task (as
-    // the convs below); a few rows are one chunk whose stages use all threads.
-    const int64_t threads = at::get_num_threads();
-    int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(k + 4 * c_out, 1), 1, rows);
-    chunk = std::min(chunk, (rows + threads - 1) / threads);
-    if (chunk >= rows) {
-      run(0, rows);
-    } else {
-      const int64_t chunks = (rows + chunk - 1) / chunk;
-      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t ci = c0; ci < c1; ++ci) run(ci * chunk, std::min(rows, (ci + 1) * chunk));
-      });
-    }
+    // Many rows run in chunks whose int8 input and int32 sums stay in L2 (as the convs below).
+    run_in_chunks(rows, k + 4 * c_out, run);
     CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
     return y;
   }
@@ -1175,18 +1186,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   // it back for the requantization cost as much as the GEMM), one chunk per task: each thread runs
   // its chunks' im2col, GEMM and requantization itself. A small batch is one chunk whose stages
   // use all threads.
-  const int64_t per_sample = (direct ? groups * rows * positions : 0) + out_per_sample * 4;
-  const int64_t threads = at::get_num_threads();
-  int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(per_sample, 1), 1, n);
-  chunk = std::min(chunk, (n + threads - 1) / threads);  // every thread gets work
-  if (chunk >= n) {
-    run(0, n);
-  } else {
-    const int64_t chunks = (n + chunk - 1) / chunk;
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t ci = c0; ci < c1; ++ci) run(ci * chunk, std::min(n, (ci + 1) * chunk));
-    });
-  }
+  run_in_chunks(n, (direct ? groups * rows * positions : 0) + out_per_sample * 4, run);
   return y;
 }
 
