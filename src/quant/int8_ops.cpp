@@ -546,7 +546,7 @@ inline float round_half_even_select(float y) {
 
 /// dst[i] = clamp(round(src[i] * inv) + zp, lo, hi); returns 0 when a value is not finite.
 CSIPOSE_SIMD_CLONES
-int quantize_span_even(const float* src, int64_t n, int8_t* dst, float inv, float zp, float lo, float hi) {
+int quantize_span_even_auto(const float* src, int64_t n, int8_t* dst, float inv, float zp, float lo, float hi) {
   int finite = 1;
   for (int64_t i = 0; i < n; ++i) {
     const float v = src[i];
@@ -561,7 +561,7 @@ int quantize_span_even(const float* src, int64_t n, int8_t* dst, float inv, floa
 /// per-element constant (bias - zero-point terms) as a 32-bit two's-complement value (the true
 /// acc + bias fits int32 by pack_weight's bound, so wrapping unsigned addition gives it exactly).
 CSIPOSE_SIMD_CLONES
-void requant_span_even(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+void requant_span_even_auto(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
                        float hi, float s_out, float* dst) {
   for (int64_t i = 0; i < n; ++i) {
     const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add[i]);
@@ -572,7 +572,7 @@ void requant_span_even(const int32_t* src, const uint32_t* add, const float* mul
 
 /// The int8 codes themselves (no dequantize): an int8 op that hands its output to the next one.
 CSIPOSE_SIMD_CLONES
-void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+void requant_span_even_q_auto(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
                          float hi, int8_t* dst) {
   for (int64_t i = 0; i < n; ++i) {
     const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(src[i]) + add[i]);
@@ -587,7 +587,7 @@ void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* m
 /// block of rows: conv rows are short (a TCN row is ~20-40 positions), and a call per row cost as
 /// much as its arithmetic.
 CSIPOSE_SIMD_CLONES
-void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t np, int64_t channels,
+void requant_rows_even_auto(const int32_t* src, int64_t row0, int64_t rows, int64_t np, int64_t channels,
                        const uint32_t* add, const float* mult, float zp, float lo, float hi, float s_out, float* dst_f,
                        int8_t* dst_q) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -645,6 +645,153 @@ bool cpu_has_vbmi() {
   return has;
 }
 #endif
+
+// ---- explicit AVX-512 kernels of the hot loops -------------------------------------------------
+// The vectorized loops above leave a conv row's tail (a TCN row is 20 positions: one 16-lane step
+// and 4 scalar ones) and the int8 packing to scalar code, which made the requantization as costly
+// as the GEMM before it (wiflow_half at batch 256). These do the same float32 operations in the
+// same order with masked tails, one instruction per step of the contract:
+//  - int32 -> float32 conversion: vcvtdq2ps, round to nearest (as static_cast<float>);
+//  - round half to even: vrndscaleps with _MM_FROUND_TO_NEAREST_INT, which equals
+//    round_half_even_select for every float32 (integers, including |y| >= 2^23, are returned
+//    unchanged; the sign of a zero result is y's, as copysign gives);
+//  - clamp: vmaxps(lo, x) then vminps(hi, x), which are x < lo ? lo : x and x > hi ? hi : x
+//    operand for operand (MAXPS / MINPS return the second operand unless the comparison holds),
+//    so signed zeros and NaN come out as in clamp_f;
+//  - codes: vcvttps2dq then a saturating pack to bytes (the values are integers in [lo, hi]).
+// Used when the CPU has AVX-512F and set_int8_avx512_kernels has not turned them off (tests run
+// both and compare them with the reference bit for bit).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CSIPOSE_AVX512 __attribute__((target("avx512f")))
+// GCC 12's avx512fintrin.h passes _mm512_undefined_ps() as the unused merge source of unmasked
+// intrinsics and then warns about it (GCC bug 105593, fixed in GCC 13): a false positive.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+std::atomic<bool>& avx512_kernels_on() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
+bool use_avx512_kernels() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has && avx512_kernels_on().load(std::memory_order_relaxed);
+}
+
+CSIPOSE_AVX512 inline __mmask16 tail_mask16(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+/// clamp(round_half_even(y) + zp, lo, hi) on 16 lanes.
+CSIPOSE_AVX512 inline __m512 round_shift_clamp(__m512 y, __m512 zp, __m512 lo, __m512 hi) {
+  const __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(r, zp)));
+}
+
+CSIPOSE_AVX512 int quantize_span_even_avx512(const float* src, int64_t n, int8_t* dst, float inv, float zp_s,
+                                            float lo_s, float hi_s) {
+  const __m512 vinv = _mm512_set1_ps(inv), zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s),
+               hi = _mm512_set1_ps(hi_s), fmax = _mm512_set1_ps(kFloatMax);
+  __mmask16 finite = 0xFFFF;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask16(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+    finite &= static_cast<__mmask16>(_mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_LE_OQ) | ~m);
+    const __m512 u = round_shift_clamp(_mm512_mul_ps(v, vinv), zp, lo, hi);
+    _mm512_mask_cvtsepi32_storeu_epi8(dst + i, m, _mm512_cvttps_epi32(u));
+  }
+  return finite == 0xFFFF ? 1 : 0;
+}
+
+/// acc = src + add (wrapping), clamp(round(acc * mult) + zp): 16 lanes of int32 sums.
+CSIPOSE_AVX512 inline __m512 requant16(__m512i acc, __m512i add, __m512 mult, __m512 zp, __m512 lo, __m512 hi) {
+  const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, add)), mult);
+  return round_shift_clamp(y, zp, lo, hi);
+}
+
+CSIPOSE_AVX512 void requant_span_even_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
+                                             float zp_s, float lo_s, float hi_s, float s_out_s, float* dst) {
+  const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s),
+               s_out = _mm512_set1_ps(s_out_s);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask16(n - i);
+    const __m512 u = requant16(_mm512_maskz_loadu_epi32(m, src + i), _mm512_maskz_loadu_epi32(m, add + i),
+                               _mm512_maskz_loadu_ps(m, mult + i), zp, lo, hi);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
+  }
+}
+
+CSIPOSE_AVX512 void requant_span_even_q_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
+                                               float zp_s, float lo_s, float hi_s, int8_t* dst) {
+  const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask16(n - i);
+    const __m512 u = requant16(_mm512_maskz_loadu_epi32(m, src + i), _mm512_maskz_loadu_epi32(m, add + i),
+                               _mm512_maskz_loadu_ps(m, mult + i), zp, lo, hi);
+    _mm512_mask_cvtsepi32_storeu_epi8(dst + i, m, _mm512_cvttps_epi32(u));
+  }
+}
+
+CSIPOSE_AVX512 void requant_rows_even_avx512(const int32_t* src, int64_t row0, int64_t rows, int64_t np,
+                                             int64_t channels, const uint32_t* add, const float* mult, float zp_s,
+                                             float lo_s, float hi_s, float s_out_s, float* dst_f, int8_t* dst_q) {
+  const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s),
+               s_out = _mm512_set1_ps(s_out_s);
+  int64_t c = row0 % channels;
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512i a = _mm512_set1_epi32(static_cast<int32_t>(add[c]));
+    const __m512 mv = _mm512_set1_ps(mult[c]);
+    const int32_t* s_row = src + r * np;
+    for (int64_t i = 0; i < np; i += 16) {
+      const __mmask16 m = tail_mask16(np - i);
+      const __m512 u = requant16(_mm512_maskz_loadu_epi32(m, s_row + i), a, mv, zp, lo, hi);
+      if (dst_q == nullptr) {
+        _mm512_mask_storeu_ps(dst_f + r * np + i, m, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
+      } else {
+        _mm512_mask_cvtsepi32_storeu_epi8(dst_q + r * np + i, m, _mm512_cvttps_epi32(u));
+      }
+    }
+    if (++c == channels) c = 0;
+  }
+}
+#pragma GCC diagnostic pop
+#else
+bool use_avx512_kernels() { return false; }
+#endif
+
+// The hot loops: the explicit AVX-512 kernels where the CPU has them, else the vectorizer's.
+int quantize_span_even(const float* src, int64_t n, int8_t* dst, float inv, float zp, float lo, float hi) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (use_avx512_kernels()) return quantize_span_even_avx512(src, n, dst, inv, zp, lo, hi);
+#endif
+  return quantize_span_even_auto(src, n, dst, inv, zp, lo, hi);
+}
+
+void requant_span_even(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+                       float hi, float s_out, float* dst) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (use_avx512_kernels()) return requant_span_even_avx512(src, add, mult, n, zp, lo, hi, s_out, dst);
+#endif
+  requant_span_even_auto(src, add, mult, n, zp, lo, hi, s_out, dst);
+}
+
+void requant_span_even_q(const int32_t* src, const uint32_t* add, const float* mult, int64_t n, float zp, float lo,
+                         float hi, int8_t* dst) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (use_avx512_kernels()) return requant_span_even_q_avx512(src, add, mult, n, zp, lo, hi, dst);
+#endif
+  requant_span_even_q_auto(src, add, mult, n, zp, lo, hi, dst);
+}
+
+void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t np, int64_t channels,
+                       const uint32_t* add, const float* mult, float zp, float lo, float hi, float s_out, float* dst_f,
+                       int8_t* dst_q) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (use_avx512_kernels())
+    return requant_rows_even_avx512(src, row0, rows, np, channels, add, mult, zp, lo, hi, s_out, dst_f, dst_q);
+#endif
+  requant_rows_even_auto(src, row0, rows, np, channels, add, mult, zp, lo, hi, s_out, dst_f, dst_q);
+}
 
 /// dst[i] = table[bit pattern of dst[i]] (an Int8Output table), in place.
 void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
@@ -1039,6 +1186,16 @@ void set_int8_conv_chunk_bytes(int64_t bytes) {
   conv_chunk_bytes().store(bytes);
 }
 int64_t int8_conv_chunk_bytes() { return conv_chunk_bytes().load(); }
+
+bool set_int8_avx512_kernels(bool on) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return avx512_kernels_on().exchange(on);
+#else
+  (void)on;
+  return false;
+#endif
+}
+bool int8_avx512_kernels_active() { return use_avx512_kernels(); }
 
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {

@@ -154,6 +154,13 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
 /// do not depend on it (tests set 1: a chunk per sample or row).
 void set_int8_conv_chunk_bytes(int64_t bytes);
 int64_t int8_conv_chunk_bytes();
+/// The fused path's requantize and quantize loops run as explicit AVX-512 kernels on a CPU with
+/// AVX-512F (masked tails, the contract's float32 operations in its order) and as
+/// compiler-vectorized loops otherwise; both give the same bits. Off forces the compiler-vectorized
+/// loops (tests compare the two); returns the previous setting.
+bool set_int8_avx512_kernels(bool on);
+/// True when the explicit AVX-512 kernels run (the CPU has AVX-512F and they are on).
+bool int8_avx512_kernels_active();
 /// What int8_op_fused returns: the float32 dequantized output (default), or the int8 codes at
 /// out_qp for the next int8 op, each mapped through `table` when given (indexed by the code's bit
 /// pattern, uint8_t(q); int8_code_table builds one).

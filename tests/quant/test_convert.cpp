@@ -665,6 +665,79 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   EXPECT_THROW(int8_op_fused(torch::randn({1, 6, 9}), in, w4, out, &zero_stride, Int8Output{true, nullptr}), Error);
 }
 
+// The explicit AVX-512 kernels (quantize, requantize of linear and conv rows, float and int8 out)
+// give the reference's bits, as the compiler-vectorized loops do, at every tail length and on the
+// rounding ties of both steps: in scale 0.5 makes x = j / 4 land on x / s = j / 2 (a tie for odd
+// j), and s_in 0.5 * s_w 0.25 / s_out 0.25 makes the requantize multiplier 0.5, so every odd
+// accumulator is a tie too; large inputs clamp at both ends; a NaN or Inf in any lane is refused.
+TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  torch::manual_seed(41);
+  const QuantParams in = QuantParams::per_tensor(0.5f, 3, -128, 127);
+  const QuantParams out = QuantParams::per_tensor(0.25f, -5, -128, 127);
+  const QuantParams wqp = QuantParams::per_tensor(0.25f, 0, -127, 127);
+  QuantSpec wspec = QuantSpec::weight_default();
+  wspec.granularity = Granularity::per_tensor;
+  std::array<int8_t, 256> table{};
+  for (int b = 0; b < 256; ++b) table[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b * 53 + 3));
+  const auto mapped = [&](const torch::Tensor& q) {
+    torch::Tensor m = q.clone();
+    int8_t* p = m.data_ptr<int8_t>();
+    for (int64_t i = 0; i < m.numel(); ++i) p[i] = table[static_cast<uint8_t>(p[i])];
+    return m;
+  };
+  // Quarter-integer inputs (ties after the 1 / 0.5 multiply), a few beyond the int8 range both ways.
+  const auto quarters = [](std::vector<int64_t> shape) {
+    torch::Tensor x = torch::randint(-300, 300, shape).to(torch::kFloat) / 4;
+    x.view({-1})[0] = 1e30f;
+    if (x.numel() > 1) x.view({-1})[x.numel() - 1] = -1e30f;
+    return x;
+  };
+  const bool had_avx512 = int8_avx512_kernels_active();
+  int64_t checks = 0;
+  for (const bool on : {true, false}) {
+    if (on && !had_avx512) continue;  // CPU without AVX-512F: the vectorizer's loops only
+    set_int8_avx512_kernels(on);
+    ASSERT_EQ(int8_avx512_kernels_active(), on);
+    for (const int64_t k : {1, 5, 16, 17, 33})
+      for (const int64_t o : {1, 7, 16, 19}) {
+        const PackedWeight wl = pack_weight_with(torch::randint(-3, 4, {o, k}).to(torch::kFloat) * 0.25f,
+                                                 torch::Tensor(), wspec, wqp, in);
+        const torch::Tensor x = quarters({3, k});
+        const torch::Tensor want = int8_linear(quantize_tensor(x, in), in, wl, out);
+        EXPECT_TRUE(torch::equal(int8_op_fused(x, in, wl, out, nullptr, Int8Output{true, nullptr}), want))
+            << "linear k " << k << " o " << o << " avx512 " << on;
+        EXPECT_TRUE(torch::equal(int8_op_fused(x, in, wl, out, nullptr, Int8Output{true, table.data()}), mapped(want)))
+            << "linear k " << k << " o " << o << " avx512 " << on;
+        EXPECT_TRUE(torch::equal(int8_op_fused(x, in, wl, out, nullptr, Int8Output{}), dequantize_tensor(want, out)))
+            << "linear k " << k << " o " << o << " avx512 " << on;
+        checks += 3;
+      }
+    for (int64_t len = 1; len <= 35; ++len) {  // conv rows of 1..35 positions: every tail of 16 lanes
+      const PackedWeight w1 = pack_weight_with(torch::randint(-3, 4, {5, 2, 1}).to(torch::kFloat) * 0.25f,
+                                               torch::Tensor(), wspec, wqp, in);
+      const Int8Conv g{{1}, {0}, {1}, 1};
+      const torch::Tensor x = quarters({2, 2, len});
+      const torch::Tensor want = int8_conv1d(quantize_tensor(x, in), in, w1, out, 1, 0, 1, 1);
+      EXPECT_TRUE(torch::equal(int8_op_fused(x, in, w1, out, &g, Int8Output{true, nullptr}), want))
+          << "conv len " << len << " avx512 " << on;
+      EXPECT_TRUE(torch::equal(int8_op_fused(x, in, w1, out, &g, Int8Output{true, table.data()}), mapped(want)))
+          << "conv len " << len << " avx512 " << on;
+      EXPECT_TRUE(torch::equal(int8_op_fused(x, in, w1, out, &g, Int8Output{}), dequantize_tensor(want, out)))
+          << "conv len " << len << " avx512 " << on;
+      // A non-finite value in the last lane of the quantized span is refused.
+      torch::Tensor bad = x.clone();
+      bad.view({-1})[bad.numel() - 1] = (len % 2 != 0) ? NAN : INFINITY;
+      EXPECT_THROW(int8_op_fused(bad, in, w1, out, &g, Int8Output{}), Error) << "conv len " << len;
+      checks += 3;
+    }
+  }
+  set_int8_avx512_kernels(true);
+  EXPECT_EQ(int8_avx512_kernels_active(), had_avx512);
+  EXPECT_EQ(checks, (had_avx512 ? 2 : 1) * (20 * 3 + 35 * 3));
+}
+
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 2 per pose_nano
 // forward: the feed-forward and the keypoint head) and give the same outputs, bit for bit, as the
