@@ -1093,6 +1093,98 @@ Conv2dGeometry conv_geometry(const torch::Tensor& x, c10::IntArrayRef w_sizes, c
   return g;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC diagnostic push  // GCC bug 105593 again (the undefined merge source of vpmovwb)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/// dst[i] = src[2 i] for i < n with AVX-512BW: 64 source bytes as 32 16-bit words, each truncated
+/// to its low byte (vpmovwb) is the even bytes; masked loads read no byte past src[2 (n - 1)].
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void gather_stride2_avx512(int8_t* dst, const int8_t* src,
+                                                                                 int64_t n) {
+  for (int64_t i = 0; i < n; i += 32) {
+    const int64_t cnt = std::min<int64_t>(32, n - i);
+    const __mmask64 load = (~0ULL) >> (64 - (2 * cnt - 1));
+    const __m256i even = _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi8(load, src + 2 * i));
+    _mm256_mask_storeu_epi8(dst + i, static_cast<__mmask32>((~0ULL) >> (64 - cnt)), even);
+  }
+}
+
+/// im2col_s8's rows of (input row) x (channel) pairs nc in [b, e) when every output row is at most
+/// 64 bytes and stride 1 along it: per tap, the in-range span [lo, hi) and its masks are computed
+/// once; a row is then a masked fill of the padding and a masked copy (a TCN row is 20 bytes, and a
+/// memcpy call and two fill loops per row cost more than the bytes they move).
+__attribute__((target("avx512f,avx512bw"))) void im2col_short_rows_avx512(const int8_t* x, const Conv2dGeometry& g,
+                                                                           int8_t pad, int8_t* cols, int64_t b,
+                                                                           int64_t e) {
+  const auto bits = [](int64_t k) { return k <= 0 ? 0ULL : (~0ULL) >> (64 - k); };
+  const int64_t kk = g.k0 * g.k1, np = g.o0 * g.o1;
+  const __m512i padv = _mm512_set1_epi8(pad);
+  std::vector<int64_t> lo_off(static_cast<size_t>(g.k1));
+  std::vector<__mmask64> copy(static_cast<size_t>(g.k1)), fill(static_cast<size_t>(g.k1));
+  for (int64_t a1 = 0; a1 < g.k1; ++a1) {  // output p1 reads input p1 + off when 0 <= p1 + off < s1 (stride 1)
+    const int64_t off = a1 * g.dl1 - g.pd1;
+    const int64_t lo = std::clamp<int64_t>(-off, 0, g.o1);
+    const int64_t hi = std::clamp<int64_t>(g.s1 - off, lo, g.o1);
+    lo_off[static_cast<size_t>(a1)] = lo;
+    copy[static_cast<size_t>(a1)] = bits(hi - lo);
+    fill[static_cast<size_t>(a1)] = bits(g.o1) & ~(bits(hi) & ~bits(lo));
+  }
+  const __mmask64 all = bits(g.o1);
+  for (int64_t nc = b; nc < e; ++nc) {
+    const int8_t* src = x + nc * g.s0 * g.s1;
+    int8_t* dst = cols + nc * kk * np;
+    for (int64_t a0 = 0; a0 < g.k0; ++a0) {
+      const int64_t off0 = a0 * g.dl0 - g.pd0;
+      for (int64_t a1 = 0; a1 < g.k1; ++a1, dst += np) {
+        const auto t = static_cast<size_t>(a1);
+        const int64_t lo = lo_off[t], src_lo = lo + a1 * g.dl1 - g.pd1;
+        for (int64_t p0 = 0; p0 < g.o0; ++p0) {
+          int8_t* row = dst + p0 * g.o1;
+          const int64_t i0 = p0 * g.st0 + off0;
+          if (i0 < 0 || i0 >= g.s0) {
+            _mm512_mask_storeu_epi8(row, all, padv);
+            continue;
+          }
+          _mm512_mask_storeu_epi8(row, fill[t], padv);
+          _mm512_mask_storeu_epi8(row + lo, copy[t], _mm512_maskz_loadu_epi8(copy[t], src + i0 * g.s1 + src_lo));
+        }
+      }
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+bool short_row_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has_bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has_bw && use_avx512_kernels();
+#else
+  return false;
+#endif
+}
+
+void im2col_short_rows(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* cols, int64_t b, int64_t e) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  im2col_short_rows_avx512(x, g, pad, cols, b, e);
+#else
+  (void)x, (void)g, (void)pad, (void)cols, (void)b, (void)e;
+#endif
+}
+
+/// The stride-2 gather of a strided conv's columns where the CPU has AVX-512BW (and the explicit
+/// kernels are on); false: the caller's scalar loop does it.
+bool gather_stride2(int8_t* dst, const int8_t* src, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has_bw = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  if (has_bw && use_avx512_kernels()) {
+    gather_stride2_avx512(dst, src, n);
+    return true;
+  }
+#endif
+  return false;
+}
+
 void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* cols) {
   RECORD_FUNCTION("csipose::im2col_s8", std::vector<c10::IValue>());
   const int64_t kk = g.k0 * g.k1, np = g.o0 * g.o1;
@@ -1102,7 +1194,11 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
   // Stride 1 with "same" rows (o1 == s1): a tap's block is the input shifted by one flat offset,
   // so one copy covers all its in-range rows and only the padded columns at row ends are fixed.
   const bool flat = g.st0 == 1 && g.st1 == 1 && g.o1 == g.s1;
+  // Stride-1 rows of at most 64 outputs with AVX-512BW: per row, masked stores instead of a
+  // memcpy call and two fill loops (which cost more than the ~20 bytes they move).
+  const bool short_rows = g.st1 == 1 && g.o1 <= 64 && short_row_kernels();
   at::parallel_for(0, g.n * g.c, std::max<int64_t>(1, 32768 / std::max<int64_t>(kk * np, 1)), [&](int64_t b, int64_t e) {
+    if (short_rows) return im2col_short_rows(x, g, pad, cols, b, e);
     for (int64_t nc = b; nc < e; ++nc) {
       const int8_t* src = x + nc * g.s0 * g.s1;
       int8_t* dst = cols + nc * kk * np;
@@ -1144,6 +1240,7 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
             fill(row, lo);
             if (g.st1 == 1) {
               if (hi > lo) std::memcpy(row + lo, srow + lo + off, static_cast<size_t>(hi - lo));
+            } else if (g.st1 == 2 && hi > lo && gather_stride2(row + lo, srow + lo * 2 + off, hi - lo)) {
             } else {
               for (int64_t p1 = lo; p1 < hi; ++p1) row[p1] = srow[p1 * g.st1 + off];
             }

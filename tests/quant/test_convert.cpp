@@ -602,9 +602,14 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   };
   const int64_t default_chunk = int8_conv_chunk_bytes();
   int64_t cases = 0;
-  // Whole-batch chunks (the default at this size) and a chunk per sample give the same codes.
-  for (const int64_t chunk_bytes : {default_chunk, int64_t{1}}) {
+  // Whole-batch chunks (the default at this size) and a chunk per sample give the same codes, with
+  // the explicit AVX-512 kernels (where the CPU has them: strided column gathers, requantization)
+  // and without.
+  const bool simd_before = set_int8_avx512_kernels(true);
+  for (const auto& [chunk_bytes, simd] : std::vector<std::pair<int64_t, bool>>{
+           {default_chunk, true}, {int64_t{1}, true}, {default_chunk, false}}) {
   set_int8_conv_chunk_bytes(chunk_bytes);
+  set_int8_avx512_kernels(simd);
   {  // a linear op in chunks of rows: float and int8 inputs, float, int8 and mapped outputs
     const PackedWeight wl = pack_weight(torch::randn({24, 40}) * 0.1, torch::randn({24}) * 0.1,
                                         QuantSpec::weight_default(), in);
@@ -634,7 +639,7 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
             const torch::Tensor want1 = int8_conv1d(q1, in, w1, out, stride, pad, dil, groups);
             EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, nullptr}), want1))
                 << "1-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups
-                << " chunk " << chunk_bytes;
+                << " chunk " << chunk_bytes << " simd " << simd;
             EXPECT_TRUE(torch::equal(int8_op_fused(x1, in, w1, out, &g1, Int8Output{true, table.data()}), mapped(want1)))
                 << "1-d k " << k << " chunk " << chunk_bytes << ": through the code table";
             EXPECT_TRUE(torch::equal(int8_op_fused(q1, in, w1, out, &g1, Int8Output{}), dequantize_tensor(want1, out)))
@@ -650,12 +655,13 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
             EXPECT_TRUE(torch::equal(int8_op_fused(q2, in, w2, out, &g2, Int8Output{true, nullptr}),
                                      int8_conv2d(q2, in, w2, out, {stride, 1}, {pad, pad / 2}, {1, dil}, groups)))
                 << "2-d k " << k << " stride " << stride << " pad " << pad << " dil " << dil << " groups " << groups
-                << " chunk " << chunk_bytes;
+                << " chunk " << chunk_bytes << " simd " << simd;
             ++cases;
           }
   }
   set_int8_conv_chunk_bytes(default_chunk);
-  EXPECT_GT(cases, 200);
+  set_int8_avx512_kernels(simd_before);
+  EXPECT_GT(cases, 300);
   EXPECT_THROW(set_int8_conv_chunk_bytes(0), Error);
   // Bad geometry is a one-line error, never a read outside the input: a kernel longer than the
   // padded input, a zero stride.
