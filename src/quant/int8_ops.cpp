@@ -1373,6 +1373,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   }
   const auto nd = static_cast<int64_t>(conv->stride.size());
   CSIPOSE_CHECK(w.q.dim() == 2 + nd, "int8_op_fused: weight of shape ", w.q.sizes(), " for a ", nd, "-d convolution");
+  CSIPOSE_CHECK(conv->out_limit >= 0, "int8_op_fused: out_limit must be >= 0, got ", conv->out_limit);
   const int64_t n = x.size(0), groups = conv->groups;
   // The output layout directly: W (1, G, Og, K') @ cols (N, G, K', P) = (N, G, Og, P) = (N, O, *S_out).
   std::vector<int64_t> out_size;
@@ -1394,6 +1395,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   Conv2dGeometry geo{};
   if (direct) {
     geo = conv_geometry(xc, w.q.sizes(), *conv);
+    if (conv->out_limit > 0) geo.o1 = std::min(geo.o1, conv->out_limit);
     rows = geo.c / groups * geo.k0 * geo.k1, positions = geo.o0 * geo.o1;
     if (nd == 2) out_size = {geo.o0, geo.o1};
     else out_size = {geo.o1};
@@ -1441,6 +1443,8 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   // its chunks' im2col, GEMM and requantization itself. A small batch is one chunk whose stages
   // use all threads.
   run_in_chunks(n, (direct ? groups * rows * positions : 0) + out_per_sample * 4, run);
+  // The ATen route computed every position: keep the first out_limit (the direct one computed only those).
+  if (!direct && conv->out_limit > 0 && conv->out_limit < y.size(-1)) return y.narrow(-1, 0, conv->out_limit).contiguous();
   return y;
 }
 

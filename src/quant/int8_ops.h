@@ -140,6 +140,10 @@ torch::Tensor int8_matmul(const torch::Tensor& a_q, const QuantParams& a_qp, con
 struct Int8Conv {
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups = 1;
+  /// > 0: only the first out_limit output positions along the last spatial dimension are computed
+  /// and returned (a causal conv's chomp: the output equals the full one narrowed to them, but
+  /// dense, and the dropped positions cost nothing).
+  int64_t out_limit = 0;
 };
 /// Whether int8_op_float can run for tensors on `device` (the oneDNN backend on the CPU).
 bool int8_fused_available(const torch::Device& device);

@@ -591,9 +591,13 @@ torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch
       if (!(l.then == Int8Between::identity && to == *s.output))
         out.table = hook.chain_table(l.then, to, next.activation_rounding());
     }
-    const std::optional<Int8Conv> g = l.op->int8_geometry();
+    std::optional<Int8Conv> g = l.op->int8_geometry();
+    // A narrow of the last dimension (a causal conv's chomp) is the conv's out_limit: only the kept
+    // positions are computed, and the next op gets them dense (oneDNN's fast GEMMs want that).
+    const bool limit = g && l.narrow_dim >= 0 && l.narrow_dim == h.dim() - 1;
+    if (limit) g->out_limit = l.narrow_length;
     h = int8_op_fused(h, s.inputs[0], *s.packed, *s.output, g ? &*g : nullptr, out, hook.activation_rounding());
-    if (l.narrow_dim >= 0) h = h.narrow(l.narrow_dim, 0, l.narrow_length);
+    if (l.narrow_dim >= 0 && !limit) h = h.narrow(l.narrow_dim, 0, l.narrow_length);
   }
   return h;
 }

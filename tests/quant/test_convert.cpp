@@ -662,6 +662,26 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   set_int8_conv_chunk_bytes(default_chunk);
   set_int8_avx512_kernels(simd_before);
   EXPECT_GT(cases, 300);
+  // out_limit (a causal conv's chomp) gives the full output's first positions, dense, on the direct
+  // route (k 3, the chomp of a dilated TCN conv) and the ATen one (k 1), float and int8 out.
+  for (const auto& [k, pad, dil] : std::vector<std::array<int64_t, 3>>{{3, 4, 2}, {3, 1, 1}, {1, 0, 1}}) {
+    const PackedWeight w = pack_weight(torch::randn({4, 3, k}) * 0.2, torch::randn({4}) * 0.1,
+                                       QuantSpec::weight_default(), in);
+    const torch::Tensor x = torch::randn({4, 6, 20}) * 2;
+    const Int8Conv full{{1}, {pad}, {dil}, 2};
+    Int8Conv kept = full;
+    kept.out_limit = 20;
+    for (const bool int8_out : {true, false}) {
+      const Int8Output o = int8_out ? Int8Output{true, table.data()} : Int8Output{};
+      const torch::Tensor want = int8_op_fused(x, in, w, out, &full, o).narrow(2, 0, 20);
+      const torch::Tensor got = int8_op_fused(x, in, w, out, &kept, o);
+      EXPECT_TRUE(got.is_contiguous());
+      EXPECT_TRUE(torch::equal(got, want)) << "k " << k << " pad " << pad << " int8 out " << int8_out;
+    }
+  }
+  Int8Conv negative{{1}, {1}, {1}, 1};
+  negative.out_limit = -1;
+  EXPECT_THROW(int8_op_fused(torch::randn({1, 6, 9}), in, pack_weight(torch::randn({4, 6, 3}) * 0.2, torch::Tensor(), QuantSpec::weight_default(), in), out, &negative, Int8Output{}), Error);
   EXPECT_THROW(set_int8_conv_chunk_bytes(0), Error);
   // Bad geometry is a one-line error, never a read outside the input: a kernel longer than the
   // padded input, a zero stride.
