@@ -795,6 +795,45 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   }
 }
 
+// csipose's own parallel loops really use threads (CMake compiles with OpenMP: ATen's parallel_for
+// is a `#pragma omp parallel` template) and split work so that no result depends on the split:
+// converted models give the same bits on 1 and 2 threads, with one chunk per sample (many tasks)
+// and with the default chunks.
+TEST(Int8Chain, OutputsDoNotDependOnTheThreadCount) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  const int threads_before = at::get_num_threads();
+  const int64_t default_chunk = int8_conv_chunk_bytes();
+  for (const std::string preset : {"wiflow_tiny", "pose_nano"}) {
+    const Converted c = convert_preset(preset, 43);
+    torch::NoGradGuard g;
+    const torch::Tensor x = torch::cat({c.x, c.x.flip(0), c.x * 0.5}, 0);  // 24 samples
+    for (const int64_t chunk : {default_chunk, int64_t{1}}) {
+      set_int8_conv_chunk_bytes(chunk);
+      at::set_num_threads(1);
+      const torch::Tensor one = c.model->forward(x);
+      at::set_num_threads(2);
+      ASSERT_EQ(at::get_num_threads(), 2);
+      const torch::Tensor two = c.model->forward(x);
+      EXPECT_TRUE(torch::equal(one, two)) << preset << " chunk " << chunk << ": max diff "
+                                          << (one - two).abs().max().item<double>();
+    }
+  }
+  set_int8_conv_chunk_bytes(default_chunk);
+  at::set_num_threads(threads_before);
+#if defined(_OPENMP)
+  // The parallel regions of this translation unit's ATen templates are real ones.
+  int seen = 0;
+  at::set_num_threads(2);
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+#pragma omp atomic
+    ++seen;
+  });
+  at::set_num_threads(threads_before);
+  EXPECT_EQ(seen, 2) << "at::parallel_for over 2 items on 2 threads ran as one task";
+#endif
+}
+
 // ---- sub-byte weights ------------------------------------------------------------------------------
 
 TEST(BitPack, HandComputedLayouts) {
