@@ -1256,14 +1256,21 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
 
 namespace {
 
+constexpr int64_t kMinTaskBytes = 16 * 1024;
+
 /// run(i0, i1) over [0, items) in chunks of about conv_chunk_bytes() (bytes_per_item each, at least
-/// one item), one chunk per task and every thread given work; few items are one call on the
-/// calling thread, whose stages then use all threads.
+/// one item), one chunk per task and every thread given work, unless that would make tasks of
+/// under kMinTaskBytes; few items are one call on the calling thread, whose stages then use all
+/// threads.
+
 template <typename Run>
 void run_in_chunks(int64_t items, int64_t bytes_per_item, const Run& run) {
   const int64_t threads = at::get_num_threads();
-  int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / std::max<int64_t>(bytes_per_item, 1), 1, items);
-  chunk = std::min(chunk, (items + threads - 1) / threads);
+  const int64_t per_item = std::max<int64_t>(bytes_per_item, 1);
+  int64_t chunk = std::clamp<int64_t>(conv_chunk_bytes().load() / per_item, 1, items);
+  // Every thread gets work, but no task smaller than ~16 KiB (a batch-1 linear op's few rows split
+  // over two threads cost more in the parallel region than the rows themselves).
+  chunk = std::min(chunk, std::max((items + threads - 1) / threads, kMinTaskBytes / per_item));
   if (chunk >= items) {
     run(int64_t{0}, items);
     return;
