@@ -6,12 +6,14 @@
 #include <torch/nn/functional/linear.h>
 #include <torch/utils.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
 #include "common/check.h"
+#include "quant/int8_ops.h"
 #include "quant/row_softmax.h"
 #include "quant/small_matmul.h"
 #include "common/config_node.h"
@@ -205,6 +207,58 @@ torch::Tensor standardize_per_sample(const torch::Tensor& x) {
   return (centered / (std + 1e-6)).view(x.sizes());
 }
 
+namespace {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_TOKEN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CSIPOSE_TOKEN_CLONES
+#endif
+
+/// x[a][s][t] -> tokens[t][a * S + s] = (x - mean) / denom for one sample (as = a * S + s): the
+/// same float32 subtraction and division per element on every ISA clone (nothing to contract),
+/// written row by row of the output so that the stores are contiguous and the loop vectorizes.
+CSIPOSE_TOKEN_CLONES
+void tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, float mean, float denom) {
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = os + t * as_count;
+    for (int64_t as = 0; as < as_count; ++as) row[as] = (xs[as * T + t] - mean) / denom;
+  }
+}
+
+/// sum_{j < n} f(j) in float64 with 8 partial sums (independent addition chains), combined pairwise.
+template <typename F>
+double sum8(const F& f, int64_t n) {
+  double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) p[k] += f(j + k);
+  for (int k = 0; j < n; ++j, ++k) p[k] += f(j);
+  return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+}
+}  // namespace
+
+namespace {
+/// The mean and the divisor (unbiased standard deviation + 1e-6) of one sample's n values.
+std::pair<float, float> sample_stats(const float* xs, int64_t n) {
+  // Float64 sums in 8 interleaved partial sums (one chain of 3,420 dependent additions per sample
+  // was a fifth of a pose_micro int8 forward at batch 256). The order can change a float64 sum of
+  // float32 values only in its last bits (where the values span a wide range of magnitudes), which
+  // rarely reaches the float32 mean; the result stays within float32 rounding of the torch-op form
+  // (tested).
+  const double sum = sum8([&](int64_t j) { return static_cast<double>(xs[j]); }, n);
+  const auto mean = static_cast<float>(sum / static_cast<double>(n));
+  const double sq = sum8(
+      [&](int64_t j) {
+        const float c = xs[j] - mean;
+        return static_cast<double>(c * c);
+      },
+      n);
+  // As the torch-op form: unbiased variance, float32 sqrt, + 1e-6 in float32, one division.
+  const float sd = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1)));
+  return {mean, sd + 1e-6f};
+}
+}  // namespace
+
 torch::Tensor standardized_tokens(const torch::Tensor& x) {
   CSIPOSE_CHECK(x.dim() == 4 && x.size(0) > 0, "standardized_tokens: expected (N, A, S, T), got ", x.sizes());
   const int64_t N = x.size(0), A = x.size(1), S = x.size(2), T = x.size(3), n = A * S * T;
@@ -217,24 +271,33 @@ torch::Tensor standardized_tokens(const torch::Tensor& x) {
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const float* xs = src + i * n;
-      double sum = 0.0;
-      for (int64_t j = 0; j < n; ++j) sum += xs[j];
-      const auto mean = static_cast<float>(sum / static_cast<double>(n));
-      double sq = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
-        const float c = xs[j] - mean;
-        sq += static_cast<double>(c * c);
-      }
-      // As the torch-op form: unbiased variance, float32 sqrt, + 1e-6 in float32, one division.
-      const float sd = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1)));
-      const float denom = sd + 1e-6f;
-      float* os = dst + i * n;
-      // x[a][s][t] -> tokens[t][a * S + s]
-      for (int64_t as = 0; as < A * S; ++as)
-        for (int64_t t = 0; t < T; ++t) os[t * A * S + as] = (xs[as * T + t] - mean) / denom;
+      const auto [mean, denom] = sample_stats(src + i * n, n);
+      tokens_of_sample(src + i * n, dst + i * n, A * S, T, mean, denom);
     }
   });
+  return out;
+}
+
+torch::Tensor standardized_tokens_int8(const torch::Tensor& x, const QuantParams& point, Rounding r) {
+  CSIPOSE_CHECK(x.dim() == 4 && x.size(0) > 0 && x.scalar_type() == torch::kFloat && x.device().is_cpu(),
+                "standardized_tokens_int8: expected a float32 CPU tensor (N, A, S, T), got ", x.sizes());
+  const int64_t N = x.size(0), A = x.size(1), S = x.size(2), T = x.size(3), n = A * S * T;
+  CSIPOSE_CHECK(n >= 2, "standardized_tokens_int8: need at least 2 values per sample, got ", n);
+  const torch::Tensor xc = x.contiguous();
+  torch::Tensor out = torch::empty({N, T, A * S}, x.options().dtype(torch::kChar));
+  const float* src = xc.data_ptr<float>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> tokens;  // one sample's float tokens, in L1
+    tokens.resize(static_cast<size_t>(n));
+    for (int64_t i = b; i < e; ++i) {
+      const auto [mean, denom] = sample_stats(src + i * n, n);
+      tokens_of_sample(src + i * n, tokens.data(), A * S, T, mean, denom);
+      if (!quantize_span(tokens.data(), n, dst + i * n, point, r)) bad.store(true);
+    }
+  });
+  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   return out;
 }
 
@@ -380,8 +443,14 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
   CSIPOSE_CHECK(x.dim() == 4 && x.size(1) == c.antennas && x.size(2) == c.subcarriers && x.size(3) == c.packets,
                 "pose_transformer: expected input (N, ", c.antennas, ", ", c.subcarriers, ", ", c.packets, "), got ",
                 x.sizes());
-  const torch::Tensor tokens = standardized_tokens(x);        // (N, T, A * S)
-  const torch::Tensor h = tf(proj(tokens) + pos);              // (N, T, d)
+  // Converted: the tokens are quantized as they are made (proj's input codes, no float tokens)
+  // and proj takes the codes (an int8 chain of one op).
+  torch::Tensor projected;
+  if (x.scalar_type() == torch::kFloat && x.device().is_cpu() && !(torch::GradMode::is_enabled() && x.requires_grad()))
+    if (const auto in = int8_chain_input(proj.get(), x.device(), is_training()))
+      projected = int8_chain_forward({{proj.get()}}, standardized_tokens_int8(x, in->point, in->rounding), is_training());
+  if (!projected.defined()) projected = proj(standardized_tokens(x));  // (N, T, d)
+  const torch::Tensor h = tf(projected + pos);                        // (N, T, d)
   const torch::Tensor w = torch::softmax(att(h), /*dim=*/1);  // (N, T, 1)
   return (w * h).sum(/*dim=*/1);                              // (N, d)
 }

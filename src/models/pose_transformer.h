@@ -213,5 +213,9 @@ torch::Tensor standardize_per_sample(const torch::Tensor& x);
 /// otherwise that torch-op form. The op chain took 1.6 ms of an 11 ms pose_micro forward at batch
 /// 256 (six passes over the input and a copy).
 torch::Tensor standardized_tokens(const torch::Tensor& x);
+/// standardized_tokens(x) quantized with `point` (the int8 codes quantize_tensor would give),
+/// each sample's tokens quantized while they are in cache: the input codes of a converted proj.
+/// Float32 CPU input only; non-finite values are an error.
+torch::Tensor standardized_tokens_int8(const torch::Tensor& x, const QuantParams& point, Rounding r);
 
 }  // namespace csipose

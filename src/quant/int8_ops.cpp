@@ -1285,6 +1285,12 @@ void run_in_chunks(int64_t items, int64_t bytes_per_item, const Run& run) {
 
 bool int8_fused_available(const torch::Device& device) { return use_onednn(device); }
 
+bool quantize_span(const float* src, int64_t n, int8_t* dst, const QuantParams& p, Rounding r) {
+  CSIPOSE_CHECK(!p.per_channel() && p.qmin >= -128 && p.qmax <= 127,
+                "quantize_span: needs per-tensor params with an int8 range");
+  return quantize_into_serial(src, n, dst, p, r);
+}
+
 void set_int8_conv_chunk_bytes(int64_t bytes) {
   CSIPOSE_CHECK(bytes >= 1, "set_int8_conv_chunk_bytes: needs at least 1 byte, got ", bytes);
   conv_chunk_bytes().store(bytes);

@@ -104,6 +104,11 @@ torch::Tensor dequantize_bias(const torch::Tensor& bias_q, float input_scale, co
 /// or per-channel params along p.axis; the integer range must fit int8. Bit-identical to the
 /// reference on CPU and CUDA.
 torch::Tensor quantize_tensor(const torch::Tensor& x_float, const QuantParams& p, Rounding r = Rounding::half_even);
+/// quantize() of n contiguous float32 values into int8 codes with per-tensor params p, on the
+/// calling thread: the same float32 operations as quantize_tensor (so the same codes); false (dst
+/// unspecified) when a value is not finite. For producers that quantize their own output for the
+/// next int8 op in the same pass.
+bool quantize_span(const float* src, int64_t n, int8_t* dst, const QuantParams& p, Rounding r = Rounding::half_even);
 /// float32 dequantize(q) of every element of an int8 tensor: float(q - zp) * scale.
 torch::Tensor dequantize_tensor(const torch::Tensor& q, const QuantParams& p);
 

@@ -565,17 +565,30 @@ void set_int8_chaining(bool on) { chaining_flag().store(on); }
 bool int8_chaining() { return chaining_flag().load(); }
 int64_t int8_chain_runs() { return chain_runs().load(); }
 
-torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
-  if (links.empty() || training || !int8_chaining() || !x.defined() || x.scalar_type() != torch::kFloat ||
-      !int8_fused_available(x.device()))
-    return {};
+namespace {
+/// Whether every link can run as an int8 chain on `device` (see int8_chain_forward).
+bool chain_runnable(const std::vector<Int8Link>& links, const torch::Device& device, bool training) {
+  if (links.empty() || training || !int8_chaining() || !int8_fused_available(device)) return false;
   for (const Int8Link& l : links) {
-    if (l.op == nullptr || !l.op->hook || l.op->hook->mode() != QuantMode::int8) return {};
+    if (l.op == nullptr || !l.op->hook || l.op->hook->mode() != QuantMode::int8) return false;
     const auto* s = l.op->hook->int8_state();
-    if (s == nullptr || !s->packed || s->inputs.empty() || !s->output) return {};
-    if (std::string(l.op->op_kind()) != "linear" && !l.op->int8_geometry()) return {};
-    if (l.bn != nullptr && (l.bn->folded_into.get() != l.op->hook.get() || !l.bn->folded_active())) return {};
+    if (s == nullptr || !s->packed || s->inputs.empty() || !s->output) return false;
+    if (std::string(l.op->op_kind()) != "linear" && !l.op->int8_geometry()) return false;
+    if (l.bn != nullptr && (l.bn->folded_into.get() != l.op->hook.get() || !l.bn->folded_active())) return false;
   }
+  return true;
+}
+}  // namespace
+
+std::optional<Int8ChainInput> int8_chain_input(Quantizable* op, const torch::Device& device, bool training) {
+  if (!chain_runnable({{op}}, device, training)) return std::nullopt;
+  return Int8ChainInput{op->hook->int8_on(device).inputs[0], op->hook->activation_rounding()};
+}
+
+torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
+  if (!x.defined() || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kChar) ||
+      !chain_runnable(links, x.device(), training))
+    return {};
   ++chain_runs();
   torch::Tensor h = x;
   for (size_t i = 0; i < links.size(); ++i) {

@@ -287,8 +287,17 @@ struct Int8Link {
 /// The float32 output of the last link for a float32 input x, with int8 activations between the
 /// links; undefined (run the float code instead) unless every op is converted with packed int8
 /// weights and quantized activations, every listed BatchNorm is folded into its op, x is a float32
-/// CPU tensor on the fused (oneDNN) backend, `training` is false and chains are on.
+/// CPU tensor on the fused (oneDNN) backend, `training` is false and chains are on. x may also be
+/// int8: the codes of the first op's input point (int8_chain_input), made by a producer that
+/// quantizes its own output in the same pass (the pose transformer's input tokens).
 torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training);
+/// Where a chain starting at `op` would take its input: the point and rounding of `op`'s input
+/// quantization when int8_chain_forward({{op}}, x, training) runs int8 on `device`, else nullopt.
+struct Int8ChainInput {
+  QuantParams point;
+  Rounding rounding;
+};
+std::optional<Int8ChainInput> int8_chain_input(Quantizable* op, const torch::Device& device, bool training);
 /// The attention probabilities of a converted model as int8 codes at `context`'s input point
 /// `input` (0 or 1): int8_matmul_softmax of `scores`' product s = a @ b, softmax(s / divisor *
 /// scale[c] + shift[c]) over the last dimension (c along dimension 1; divisor 1, scale / shift

@@ -4,6 +4,7 @@
 // PyTorch implementation of MODELS.md section 2 (Debian's /usr/bin/python3), and checkpoint
 // round trips through safetensors.
 #include "models/pose_transformer.h"
+#include "quant/int8_ops.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <sstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -209,6 +211,23 @@ TEST(PoseTransformer, StandardizationMakesOutputsInvariantToPerSampleAffineInput
   torch::NoGradGuard no_grad;
   const torch::Tensor a = torch::tensor({0.5f, 2.0f, 10.0f, 1.0f}).view({4, 1, 1, 1});
   EXPECT_TRUE(torch::allclose(m->forward(x), m->forward(x * a + 3.0), 0, 1e-4));
+}
+
+// The int8 tokens are the float tokens quantized, code for code (a converted proj takes them), and
+// a non-finite input is refused as proj's quantize refuses it.
+TEST(PoseTransformer, Int8TokensAreTheQuantizedTokens) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = csi_batch(5);
+  for (const QuantParams& p : {QuantParams::per_tensor(0.02f, 3, -128, 127), QuantParams::per_tensor(0.005f, -7, -128, 127)}) {
+    const torch::Tensor got = standardized_tokens_int8(x, p, Rounding::half_even);
+    ASSERT_EQ(got.scalar_type(), torch::kChar);
+    EXPECT_TRUE(torch::equal(got, quantize_tensor(standardized_tokens(x), p))) << p.scale[0];
+  }
+  torch::Tensor bad = x.clone();
+  bad[4][2][113][9] = std::numeric_limits<float>::infinity();
+  const std::string msg =
+      error_of([&] { standardized_tokens_int8(bad, QuantParams::per_tensor(0.02f, 0, -128, 127), Rounding::half_even); });
+  EXPECT_NE(msg.find("non-finite"), std::string::npos) << msg;
 }
 
 TEST(PoseTransformer, EvalIsDeterministicTrainUsesDropout) {

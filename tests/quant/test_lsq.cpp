@@ -205,8 +205,9 @@ TEST(Lsq, LearnedOpTrainsItsScalesAndConvertsExactly) {
     for (const auto& kv : params) {
       ASSERT_TRUE(kv.second.grad().defined()) << kv.first;
       // A zero point only gets gradient from clipped values; every scale gets some.
-      if (kv.first.find("scale") != std::string::npos)
+      if (kv.first.find("scale") != std::string::npos) {
         EXPECT_GT(kv.second.grad().abs().sum().item<double>(), 0.0) << kv.first;
+      }
     }
     opt.step();
   }
