@@ -406,9 +406,15 @@ torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::
   std::vector<torch::Tensor> parts{z.unsqueeze(1).expand({N, K, z.size(1)})};  // (N, K, d)
   if (je.defined()) parts.push_back(je.unsqueeze(0).expand({N, K, je.size(1)}));  // (N, K, e)
   parts.push_back(kp0);                                                              // (N, K, 2)
-  torch::Tensor f = torch::relu(inp(torch::cat(parts, /*dim=*/-1)));                 // (N, K, g)
-  f = torch::relu(g1(small_matmul(adjacency_, f)));
-  f = torch::relu(g2(small_matmul(adjacency_, f)));
+  // relu(linear(x)): converted, the ReLU is folded into the linear's requantization (an int8
+  // chain of one op, exact).
+  const auto linear_relu = [&](QLinear& l, const torch::Tensor& x) {
+    const torch::Tensor y = int8_chain_forward({{l.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
+    return y.defined() ? y : torch::relu(l(x));
+  };
+  torch::Tensor f = linear_relu(inp, torch::cat(parts, /*dim=*/-1));  // (N, K, g)
+  f = linear_relu(g1, small_matmul(adjacency_, f));
+  f = linear_relu(g2, small_matmul(adjacency_, f));
   return kp0 + refine_scale_ * torch::tanh(out(f));
 }
 

@@ -1323,6 +1323,12 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   check_int8_tensor(w.q, "int8_op_fused");
   CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_fused: input params differ from those the weight was packed for");
   CSIPOSE_CHECK(out_spec.table == nullptr || out_spec.int8, "int8_op_fused: a code table needs int8 output");
+  if (out_spec.relu) {
+    CSIPOSE_CHECK(!out_spec.int8, "int8_op_fused: relu is for the float output (an int8 output maps codes through a table)");
+    QuantParams clipped = out_qp;
+    clipped.qmin = std::max<int64_t>(clipped.qmin, clipped.zero_point[0]);
+    return int8_op_fused(x, in_qp, w, clipped, conv, Int8Output{}, r);
+  }
   // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
   const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
   const int64_t c_out = w.out_channels();

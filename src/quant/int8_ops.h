@@ -176,6 +176,10 @@ bool int8_avx512_kernels_active();
 struct Int8Output {
   bool int8 = false;
   const int8_t* table = nullptr;  ///< 256 entries, or null
+  /// Float output only: ReLU of the dequantized output, folded into the requantization as a
+  /// lower clamp at the zero point ((max(q, zp) - zp) * s = max((q - zp) * s, 0), +0 included):
+  /// bit for bit torch::relu of the plain float output.
+  bool relu = false;
 };
 /// int8_op_float with int8 activations allowed on both sides (an int8 chain, quant/qmodules.h):
 /// x float32 (quantized here with in_qp) or int8 (codes at in_qp in [qmin, qmax], as the previous op

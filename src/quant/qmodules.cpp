@@ -604,6 +604,7 @@ torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch
       if (!(l.then == Int8Between::identity && to == *s.output))
         out.table = hook.chain_table(l.then, to, next.activation_rounding());
     }
+    if (i + 1 == links.size() && l.then == Int8Between::relu) out.relu = true;  // folded, exact
     std::optional<Int8Conv> g = l.op->int8_geometry();
     // A narrow of the last dimension (a causal conv's chomp) is the conv's out_limit: only the kept
     // positions are computed, and the next op gets them dense (oneDNN's fast GEMMs want that).

@@ -280,7 +280,8 @@ struct Int8Link {
   /// Keep the first narrow_length entries of dimension narrow_dim of the op's output (WiFlow's
   /// causal chomp); -1: none.
   int64_t narrow_dim = -1, narrow_length = 0;
-  /// The function before the next op (ignored on the last link: its output leaves as float32).
+  /// The function before the next op. On the last link, whose output leaves as float32, relu is
+  /// applied (folded into the requantization, exactly torch::relu) and anything else is ignored.
   Int8Between then = Int8Between::identity;
 };
 

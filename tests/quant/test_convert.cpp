@@ -578,6 +578,13 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
         << "case " << i;
     EXPECT_TRUE(torch::equal(int8_op_fused(xq, in, *c.w, out, c.g, Int8Output{true, relu.data()}), mapped(want)))
         << "case " << i;
+    // ReLU folded into a float output: torch::relu of the plain float output, bit for bit.
+    Int8Output relu_out;
+    relu_out.relu = true;
+    EXPECT_TRUE(torch::equal(int8_op_fused(c.x, in, *c.w, out, c.g, relu_out), torch::relu(dequantize_tensor(want, out))))
+        << "case " << i;
+    relu_out.int8 = true;
+    EXPECT_THROW(int8_op_fused(c.x, in, *c.w, out, c.g, relu_out), Error) << "case " << i;
   }
   EXPECT_THROW(int8_op_fused(cases[0].x, in, wl, out, nullptr, Int8Output{false, relu.data()}), Error);
 }
@@ -767,14 +774,15 @@ TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 3 per pose_nano
 // forward: the input tokens quantized as they are made and handed to proj, the feed-forward and
-// the keypoint head) and give the same outputs, bit for bit, as the
+// the keypoint head; 6 per pose_micro forward: also the graph refinement's three linear -> ReLU,
+// the ReLU folded into the requantization) and give the same outputs, bit for bit, as the
 // same model with every op dequantizing and the float functions in between. The attentions also
 // hand the softmax probabilities to their context product as int8 codes (2 per wiflow_tiny
 // forward, 1 per pose_nano forward).
 TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
   BackendScope s(Int8BackendKind::onednn);
-  for (const auto& [preset, chains] : std::vector<std::pair<std::string, int64_t>>{{"wiflow_tiny", 10}, {"pose_nano", 3}}) {
+  for (const auto& [preset, chains] : std::vector<std::pair<std::string, int64_t>>{{"wiflow_tiny", 10}, {"pose_nano", 3}, {"pose_micro", 6}}) {
     const Converted c = convert_preset(preset, 31);
     torch::NoGradGuard g;
     ASSERT_TRUE(int8_chaining());
