@@ -1312,9 +1312,29 @@ torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, co
   return int8_op_fused(x, in_qp, w, out_qp, conv, Int8Output{}, r);
 }
 
+namespace {
+torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                                 const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec,
+                                 Rounding r);
+}  // namespace
+
 torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec, Rounding r) {
   RECORD_FUNCTION("csipose::int8_op_fused", std::vector<c10::IValue>());
+  if (out_spec.relu) {
+    CSIPOSE_CHECK(!out_spec.int8, "int8_op_fused: relu is for the float output (an int8 output maps codes through a table)");
+    check_activation_params(out_qp, "int8_op_fused");
+    QuantParams clipped = out_qp;
+    clipped.qmin = std::max<int64_t>(clipped.qmin, clipped.zero_point[0]);
+    return int8_op_fused_impl(x, in_qp, w, clipped, conv, Int8Output{}, r);
+  }
+  return int8_op_fused_impl(x, in_qp, w, out_qp, conv, out_spec, r);
+}
+
+namespace {
+torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
+                                 const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec,
+                                 Rounding r) {
   CSIPOSE_CHECK(int8_fused_available(x.device()), "int8_op_fused: the fused path needs the onednn backend on the CPU");
   const bool q_in = x.scalar_type() == torch::kInt8;
   if (!q_in) check_float_tensor(x, "int8_op_fused");
@@ -1323,12 +1343,6 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   check_int8_tensor(w.q, "int8_op_fused");
   CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_fused: input params differ from those the weight was packed for");
   CSIPOSE_CHECK(out_spec.table == nullptr || out_spec.int8, "int8_op_fused: a code table needs int8 output");
-  if (out_spec.relu) {
-    CSIPOSE_CHECK(!out_spec.int8, "int8_op_fused: relu is for the float output (an int8 output maps codes through a table)");
-    QuantParams clipped = out_qp;
-    clipped.qmin = std::max<int64_t>(clipped.qmin, clipped.zero_point[0]);
-    return int8_op_fused(x, in_qp, w, clipped, conv, Int8Output{}, r);
-  }
   // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
   const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
   const int64_t c_out = w.out_channels();
@@ -1466,6 +1480,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
   if (!direct && conv->out_limit > 0 && conv->out_limit < y.size(-1)) return y.narrow(-1, 0, conv->out_limit).contiguous();
   return y;
 }
+}  // namespace
 
 std::array<int8_t, 256> int8_code_table(const std::function<torch::Tensor(const torch::Tensor&)>& f,
                                         const QuantParams& from, const QuantParams& to, Rounding r) {
