@@ -1093,6 +1093,15 @@ Conv2dGeometry conv_geometry(const torch::Tensor& x, c10::IntArrayRef w_sizes, c
   return g;
 }
 
+/// The output columns [lo, hi) of tap a1 that read inside an input row:
+/// 0 <= p1 * st1 + a1 * dl1 - pd1 < s1 (the rest read the padding).
+std::pair<int64_t, int64_t> tap_span(const Conv2dGeometry& g, int64_t a1) {
+  const int64_t off = a1 * g.dl1 - g.pd1;
+  const int64_t lo = std::min(g.o1, off >= 0 ? 0 : (-off + g.st1 - 1) / g.st1);
+  const int64_t hi = std::max(lo, std::min(g.o1, g.s1 - off > 0 ? (g.s1 - off + g.st1 - 1) / g.st1 : 0));
+  return {lo, hi};
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic push  // GCC bug 105593 again (the undefined merge source of vpmovwb)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -1121,10 +1130,8 @@ __attribute__((target("avx512f,avx512bw"))) void im2col_short_rows_avx512(const 
   const __m512i padv = _mm512_set1_epi8(pad);
   std::vector<int64_t> lo_off(static_cast<size_t>(g.k1));
   std::vector<__mmask64> copy(static_cast<size_t>(g.k1)), fill(static_cast<size_t>(g.k1));
-  for (int64_t a1 = 0; a1 < g.k1; ++a1) {  // output p1 reads input p1 + off when 0 <= p1 + off < s1 (stride 1)
-    const int64_t off = a1 * g.dl1 - g.pd1;
-    const int64_t lo = std::clamp<int64_t>(-off, 0, g.o1);
-    const int64_t hi = std::clamp<int64_t>(g.s1 - off, lo, g.o1);
+  for (int64_t a1 = 0; a1 < g.k1; ++a1) {  // stride 1: output p1 reads input p1 + a1 * dl1 - pd1
+    const auto [lo, hi] = tap_span(g, a1);
     lo_off[static_cast<size_t>(a1)] = lo;
     copy[static_cast<size_t>(a1)] = bits(hi - lo);
     fill[static_cast<size_t>(a1)] = bits(g.o1) & ~(bits(hi) & ~bits(lo));
@@ -1205,10 +1212,8 @@ void im2col_s8(const int8_t* x, const Conv2dGeometry& g, int8_t pad, int8_t* col
       for (int64_t a0 = 0; a0 < g.k0; ++a0) {
         const int64_t off0 = a0 * g.dl0 - g.pd0;
         for (int64_t a1 = 0; a1 < g.k1; ++a1, dst += np) {
-          // Output columns p1 in [lo, hi) read inside the row: 0 <= p1 * st1 + a1 * dl1 - pd1 < s1.
           const int64_t off = a1 * g.dl1 - g.pd1;
-          const int64_t lo = std::min(g.o1, off >= 0 ? 0 : (-off + g.st1 - 1) / g.st1);
-          const int64_t hi = std::max(lo, std::min(g.o1, g.s1 - off > 0 ? (g.s1 - off + g.st1 - 1) / g.st1 : 0));
+          const auto [lo, hi] = tap_span(g, a1);
           if (flat) {
             // Rows p0 in [r0, r1) read input row p0 + off0.
             const int64_t r0 = std::clamp<int64_t>(-off0, 0, g.o0);

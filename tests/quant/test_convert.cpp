@@ -298,6 +298,21 @@ torch::Tensor random_int8(std::vector<int64_t> shape) {
   return torch::randint(-128, 128, shape, torch::TensorOptions().dtype(torch::kInt8));
 }
 
+/// A permutation-like code table over all 256 codes: table[b] = b * mul + add (mod 256).
+std::array<int8_t, 256> affine_code_table(int mul, int add) {
+  std::array<int8_t, 256> table{};
+  for (int b = 0; b < 256; ++b) table[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b * mul + add));
+  return table;
+}
+
+/// int8 codes mapped through a 256-entry table (indexed by the code's bit pattern), as a chain does.
+torch::Tensor map_codes(const torch::Tensor& q, const std::array<int8_t, 256>& table) {
+  torch::Tensor m = q.contiguous().clone();
+  int8_t* p = m.data_ptr<int8_t>();
+  for (int64_t i = 0; i < m.numel(); ++i) p[i] = table[static_cast<uint8_t>(p[i])];
+  return m;
+}
+
 // oneDNN's raw s8 products plus the zero-point terms give the reference's exact integers, so every
 // op (and every whole model) is bit-identical under both backends, including the worst-case
 // inputs (all -128 / all 127) and zero points at the ends of the range.
@@ -542,12 +557,7 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
     const float code = std::min(127.0f, std::nearbyint(real * (1.0f / 0.01f)) - 128.0f);
     EXPECT_EQ(relu[static_cast<uint8_t>(static_cast<int8_t>(q))], static_cast<int8_t>(code)) << q;
   }
-  const auto mapped = [&](const torch::Tensor& codes) {
-    torch::Tensor m = codes.contiguous().clone();
-    for (int64_t i = 0; i < m.numel(); ++i)
-      m.data_ptr<int8_t>()[i] = relu[static_cast<uint8_t>(m.data_ptr<int8_t>()[i])];
-    return m;
-  };
+  const auto mapped = [&](const torch::Tensor& codes) { return map_codes(codes, relu); };
   const PackedWeight wl = pack_weight(torch::randn({16, 40}) * 0.1, torch::randn({16}) * 0.1, QuantSpec::weight_default(), in);
   const PackedWeight w1 = pack_weight(torch::randn({12, 4, 3}) * 0.1, torch::randn({12}) * 0.1, QuantSpec::weight_default(), in);
   const PackedWeight w2 = pack_weight(torch::randn({10, 6, 1, 3}) * 0.1, torch::randn({10}) * 0.1, QuantSpec::weight_default(), in);
@@ -599,14 +609,8 @@ TEST(Int8Chain, FusedConvColumnsMatchTheReferenceOverGeometries) {
   const QuantParams in = QuantParams::per_tensor(0.03f, 7, -128, 127);  // padding code 7, not 0
   const QuantParams out = QuantParams::per_tensor(0.04f, -2, -128, 127);
   // A code table (a permutation-like map over all 256 codes) for the mapped-output check.
-  std::array<int8_t, 256> table{};
-  for (int b = 0; b < 256; ++b) table[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b * 37 + 11));
-  const auto mapped = [&](const torch::Tensor& q) {
-    torch::Tensor m = q.clone();
-    int8_t* p = m.data_ptr<int8_t>();
-    for (int64_t i = 0; i < m.numel(); ++i) p[i] = table[static_cast<uint8_t>(p[i])];
-    return m;
-  };
+  const std::array<int8_t, 256> table = affine_code_table(37, 11);
+  const auto mapped = [&](const torch::Tensor& q) { return map_codes(q, table); };
   const int64_t default_chunk = int8_conv_chunk_bytes();
   int64_t cases = 0;
   // Whole-batch chunks (the default at this size) and a chunk per sample give the same codes, with
@@ -712,14 +716,8 @@ TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
   const QuantParams wqp = QuantParams::per_tensor(0.25f, 0, -127, 127);
   QuantSpec wspec = QuantSpec::weight_default();
   wspec.granularity = Granularity::per_tensor;
-  std::array<int8_t, 256> table{};
-  for (int b = 0; b < 256; ++b) table[static_cast<size_t>(b)] = static_cast<int8_t>(static_cast<uint8_t>(b * 53 + 3));
-  const auto mapped = [&](const torch::Tensor& q) {
-    torch::Tensor m = q.clone();
-    int8_t* p = m.data_ptr<int8_t>();
-    for (int64_t i = 0; i < m.numel(); ++i) p[i] = table[static_cast<uint8_t>(p[i])];
-    return m;
-  };
+  const std::array<int8_t, 256> table = affine_code_table(53, 3);
+  const auto mapped = [&](const torch::Tensor& q) { return map_codes(q, table); };
   // Quarter-integer inputs (ties after the 1 / 0.5 multiply), a few beyond the int8 range both ways.
   const auto quarters = [](std::vector<int64_t> shape) {
     torch::Tensor x = torch::randint(-300, 300, shape).to(torch::kFloat) / 4;
