@@ -226,8 +226,9 @@ void tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, f
 }
 
 /// sum_{j < n} f(j) in float64 with 8 partial sums (independent addition chains), combined pairwise.
+/// Always inlined, so that it is compiled for the ISA of its caller's clone.
 template <typename F>
-double sum8(const F& f, int64_t n) {
+__attribute__((always_inline)) inline double sum8(const F& f, int64_t n) {
   double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -238,7 +239,10 @@ double sum8(const F& f, int64_t n) {
 }  // namespace
 
 namespace {
-/// The mean and the divisor (unbiased standard deviation + 1e-6) of one sample's n values.
+/// The mean and the divisor (unbiased standard deviation + 1e-6) of one sample's n values. Cloned
+/// per ISA: the eight float64 partial sums are one AVX-512 register (the same float64 additions on
+/// every clone; nothing to contract, the products are float32).
+CSIPOSE_TOKEN_CLONES
 std::pair<float, float> sample_stats(const float* xs, int64_t n) {
   // Float64 sums in 8 interleaved partial sums (one chain of 3,420 dependent additions per sample
   // was a fifth of a pose_micro int8 forward at batch 256). The order can change a float64 sum of
