@@ -416,7 +416,26 @@ torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::
     const torch::Tensor y = int8_chain_forward({{l.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
     return y.defined() ? y : torch::relu(l(x));
   };
-  torch::Tensor f = linear_relu(inp, torch::cat(parts, /*dim=*/-1));  // (N, K, g)
+  const torch::Tensor x = torch::cat(parts, /*dim=*/-1);  // (N, K, d + e + 2)
+  // Converted: int8 codes from inp to out. Each op's ReLU is the lower clamp of its output codes,
+  // the adjacency product takes and gives codes (small_matmul_int8: the float products and sums of
+  // small_matmul on the dequantized codes, the next op's input point) and g2 hands its ReLU codes
+  // to out through a code table: no float activation between inp and out.
+  const auto from_inp = int8_chain_output(inp.get(), x.device(), is_training());
+  const auto from_g1 = int8_chain_output(g1.get(), x.device(), is_training());
+  const auto into_g1 = int8_chain_input(g1.get(), x.device(), is_training());
+  const auto into_g2 = int8_chain_input(g2.get(), x.device(), is_training());
+  if (from_inp && from_g1 && into_g1 && into_g2 && into_g1->rounding == into_g2->rounding &&
+      int8_chain_input(out.get(), x.device(), is_training()) && adjacency_.device().is_cpu()) {
+    torch::Tensor c = int8_chain_codes({{inp.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
+    c = small_matmul_int8(adjacency_, c, *from_inp, into_g1->point, into_g1->rounding);
+    c = int8_chain_codes({{g1.get(), nullptr, -1, 0, Int8Between::relu}}, c, is_training());
+    c = small_matmul_int8(adjacency_, c, *from_g1, into_g2->point, into_g2->rounding);
+    const torch::Tensor y =
+        int8_chain_forward({{g2.get(), nullptr, -1, 0, Int8Between::relu}, {out.get()}}, c, is_training());
+    return kp0 + refine_scale_ * torch::tanh(y);
+  }
+  torch::Tensor f = linear_relu(inp, x);  // (N, K, g)
   f = linear_relu(g1, small_matmul(adjacency_, f));
   f = linear_relu(g2, small_matmul(adjacency_, f));
   return kp0 + refine_scale_ * torch::tanh(out(f));

@@ -1327,11 +1327,14 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
                             const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec, Rounding r) {
   RECORD_FUNCTION("csipose::int8_op_fused", std::vector<c10::IValue>());
   if (out_spec.relu) {
-    CSIPOSE_CHECK(!out_spec.int8, "int8_op_fused: relu is for the float output (an int8 output maps codes through a table)");
+    CSIPOSE_CHECK(out_spec.table == nullptr,
+                  "int8_op_fused: relu with a code table (the table maps codes through the function instead)");
     check_activation_params(out_qp, "int8_op_fused");
     QuantParams clipped = out_qp;
     clipped.qmin = std::max<int64_t>(clipped.qmin, clipped.zero_point[0]);
-    return int8_op_fused_impl(x, in_qp, w, clipped, conv, Int8Output{}, r);
+    Int8Output plain;
+    plain.int8 = out_spec.int8;
+    return int8_op_fused_impl(x, in_qp, w, clipped, conv, plain, r);
   }
   return int8_op_fused_impl(x, in_qp, w, out_qp, conv, out_spec, r);
 }

@@ -176,9 +176,9 @@ bool int8_avx512_kernels_active();
 struct Int8Output {
   bool int8 = false;
   const int8_t* table = nullptr;  ///< 256 entries, or null
-  /// Float output only: ReLU of the dequantized output, folded into the requantization as a
-  /// lower clamp at the zero point ((max(q, zp) - zp) * s = max((q - zp) * s, 0), +0 included):
-  /// bit for bit torch::relu of the plain float output.
+  /// ReLU of the dequantized output, folded into the requantization as a lower clamp at the zero
+  /// point ((max(q, zp) - zp) * s = max((q - zp) * s, 0), +0 included): bit for bit torch::relu of
+  /// the plain float output, or (int8, no table) the codes of it at out_qp.
   bool relu = false;
 };
 /// int8_op_float with int8 activations allowed on both sides (an int8 chain, quant/qmodules.h):

@@ -585,7 +585,8 @@ std::optional<Int8ChainInput> int8_chain_input(Quantizable* op, const torch::Dev
   return Int8ChainInput{op->hook->int8_on(device).inputs[0], op->hook->activation_rounding()};
 }
 
-torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
+namespace {
+torch::Tensor run_chain(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training, bool codes_out) {
   if (!x.defined() || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kChar) ||
       !chain_runnable(links, x.device(), training))
     return {};
@@ -604,7 +605,10 @@ torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch
       if (!(l.then == Int8Between::identity && to == *s.output))
         out.table = hook.chain_table(l.then, to, next.activation_rounding());
     }
-    if (i + 1 == links.size() && l.then == Int8Between::relu) out.relu = true;  // folded, exact
+    if (i + 1 == links.size()) {
+      out.int8 = codes_out;
+      if (l.then == Int8Between::relu) out.relu = true;  // folded, exact
+    }
     std::optional<Int8Conv> g = l.op->int8_geometry();
     // A narrow of the last dimension (a causal conv's chomp) is the conv's out_limit: only the kept
     // positions are computed, and the next op gets them dense (oneDNN's fast GEMMs want that).
@@ -614,6 +618,20 @@ torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch
     if (l.narrow_dim >= 0 && !limit) h = h.narrow(l.narrow_dim, 0, l.narrow_length);
   }
   return h;
+}
+}  // namespace
+
+torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
+  return run_chain(links, x, training, /*codes_out=*/false);
+}
+
+torch::Tensor int8_chain_codes(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
+  return run_chain(links, x, training, /*codes_out=*/true);
+}
+
+std::optional<QuantParams> int8_chain_output(Quantizable* op, const torch::Device& device, bool training) {
+  if (!chain_runnable({{op}}, device, training)) return std::nullopt;
+  return *op->hook->int8_on(device).output;
 }
 
 QBatchNormImpl::QBatchNormImpl(int64_t num_features, double eps, double momentum)

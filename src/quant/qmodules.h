@@ -292,6 +292,13 @@ struct Int8Link {
 /// int8: the codes of the first op's input point (int8_chain_input), made by a producer that
 /// quantizes its own output in the same pass (the pose transformer's input tokens).
 torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training);
+/// int8_chain_forward, but the last link's output stays int8: its codes at that op's output point
+/// (int8_chain_output), a ReLU on the last link folded in as the lower clamp at the zero point
+/// (the codes of torch::relu of the dequantized output). For a next step that is not an
+/// elementwise function of one code (the pose transformer's adjacency product, small_matmul_int8).
+torch::Tensor int8_chain_codes(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training);
+/// The output point of `op` when a chain ending at it runs int8 on `device`, else nullopt.
+std::optional<QuantParams> int8_chain_output(Quantizable* op, const torch::Device& device, bool training);
 /// Where a chain starting at `op` would take its input: the point and rounding of `op`'s input
 /// quantization when int8_chain_forward({{op}}, x, training) runs int8 on `device`, else nullopt.
 struct Int8ChainInput {

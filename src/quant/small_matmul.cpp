@@ -5,7 +5,11 @@
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <vector>
+
+#include "common/check.h"
+#include "quant/int8_ops.h"
 
 namespace csipose {
 namespace {
@@ -19,7 +23,9 @@ namespace {
 /// c (m x n, row-major, overwritten) = a (m x k, strides sam, sak) @ b (k x n, rows ldb apart,
 /// contiguous along n): output rows as axpys of b's rows (the inner loop vectorizes), four rows at
 /// a time so that each row of b is loaded once for four (1.45x over one row at a time on 20 x 8 x
-/// 20 products; every element is still the sum over k in increasing order).
+/// 20 products; every element is still the sum over k in increasing order, c = 0, then c += a * b
+/// as a float32 multiply and an add: this file is built without FMA contraction, so every clone
+/// does the same operations and small_matmul_int8 can reproduce them).
 CSIPOSE_MM_CLONES
 void matmul_rows(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c, int64_t m, int64_t k,
                  int64_t n) {
@@ -72,7 +78,73 @@ std::vector<int64_t> batch_offsets(const torch::Tensor& t, int64_t batch_dims) {
   return off;
 }
 
+/// One batch item of small_matmul_int8: f = the dequantized codes (k x n), then each output row
+/// i = sum over the nonzero a[i][kk] in increasing kk of a[i][kk] * f[kk] (as matmul_rows' sums),
+/// quantized into dst. `nz` lists row i's nonzero columns at nz[start[i] .. start[i + 1]).
+/// False when a quantized value is not finite.
+CSIPOSE_MM_CLONES
+bool matmul_rows_codes(const float* a, const int64_t* nz, const int64_t* start, const int8_t* q, const float* lut,
+                       int8_t* dst, float* f, float* row, int64_t m, int64_t k, int64_t n, const QuantParams& to,
+                       Rounding r) {
+  for (int64_t j = 0; j < k * n; ++j) f[j] = lut[static_cast<uint8_t>(q[j])];
+  bool ok = true;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
+    for (int64_t t = start[i]; t < start[i + 1]; ++t) {
+      const int64_t kk = nz[t];
+      const float aik = a[i * k + kk];
+      const float* fk = f + kk * n;
+      for (int64_t j = 0; j < n; ++j) row[j] += aik * fk[j];
+    }
+    ok = quantize_span(row, n, dst + i * n, to, r) && ok;
+  }
+  return ok;
+}
+
 }  // namespace
+
+torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, const QuantParams& from,
+                                const QuantParams& to, Rounding r) {
+  CSIPOSE_CHECK(a.dim() == 2 && a.scalar_type() == torch::kFloat && a.device().is_cpu(),
+                "small_matmul_int8: expected a float32 CPU matrix (m, k), got ", a.sizes());
+  CSIPOSE_CHECK(q.dim() >= 2 && q.scalar_type() == torch::kChar && q.device().is_cpu() && q.size(-2) == a.size(1),
+                "small_matmul_int8: expected int8 CPU codes (..., ", a.size(1), ", n), got ", q.sizes());
+  CSIPOSE_CHECK(!from.per_channel() && !to.per_channel(), "small_matmul_int8: per-tensor points only");
+  CSIPOSE_CHECK(torch::isfinite(a).all().item<bool>(), "small_matmul_int8: the matrix has non-finite values");
+  RECORD_FUNCTION("csipose::small_matmul_int8", std::vector<c10::IValue>());
+  const int64_t m = a.size(0), k = a.size(1), n = q.size(-1);
+  const torch::Tensor ac = a.contiguous(), qc = q.contiguous();
+  std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
+  shape[shape.size() - 2] = m;
+  torch::Tensor y = torch::empty(shape, q.options());
+  if (y.numel() == 0) return y;
+  const float* ap = ac.data_ptr<float>();
+  std::vector<int64_t> nz, start{0};
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t kk = 0; kk < k; ++kk)
+      if (ap[i * k + kk] != 0.0f) nz.push_back(kk);
+    start.push_back(static_cast<int64_t>(nz.size()));
+  }
+  // dequantize_tensor's float32 (q - zp) * scale for every code.
+  float lut[256];
+  const float zp = static_cast<float>(from.zero_point[0]), s = from.scale[0];
+  for (int c = 0; c < 256; ++c) lut[c] = (static_cast<float>(static_cast<int8_t>(c)) - zp) * s;
+  const int64_t items = y.numel() / (m * n);
+  const int8_t* qp = qc.data_ptr<int8_t>();
+  int8_t* yp = y.data_ptr<int8_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, items, std::max<int64_t>(1, 16384 / std::max<int64_t>(k * n, 1)), [&](int64_t b0, int64_t b1) {
+    thread_local std::vector<float> f, row;
+    f.resize(static_cast<size_t>(k * n));
+    row.resize(static_cast<size_t>(n));
+    for (int64_t i = b0; i < b1; ++i)
+      if (!matmul_rows_codes(ap, nz.data(), start.data(), qp + i * k * n, lut, yp + i * m * n, f.data(), row.data(), m,
+                             k, n, to, r))
+        bad.store(true);
+  });
+  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  return y;
+}
 
 torch::Tensor small_matmul(const torch::Tensor& a, const torch::Tensor& b) {
   const bool grad = torch::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad());

@@ -8,6 +8,8 @@
 // small_matmul computes the same products with a loop kernel over the whole batch.
 #include <torch/types.h>
 
+#include "quant/quant_spec.h"
+
 namespace csipose {
 
 /// torch::matmul(a, b) for tensors of at least 2 dimensions with broadcast batch dimensions.
@@ -19,5 +21,15 @@ namespace csipose {
 torch::Tensor small_matmul(const torch::Tensor& a, const torch::Tensor& b);
 
 constexpr int64_t kSmallMatmulMaxWork = 1 << 16;
+
+/// quantize_tensor(small_matmul(a, dequantize_tensor(q, from)), to, r), bit for bit, in one pass
+/// per batch item with nothing float written to memory: a (m, k) float32 finite, the same matrix
+/// for every item (the pose transformer's adjacency over joints); q int8 codes (..., k, n) at the
+/// per-tensor point `from`; int8 codes (..., m, n) at `to`. The dequantized values are finite, so
+/// the products with a zero coefficient (+-0) leave small_matmul's sums unchanged (a sum that
+/// starts at +0 never becomes -0) and are skipped: a normalized skeleton adjacency has 49 nonzeros
+/// of 289. Non-finite products are an error, as quantize_tensor.
+torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, const QuantParams& from,
+                                const QuantParams& to, Rounding r);
 
 }  // namespace csipose

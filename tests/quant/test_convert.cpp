@@ -593,7 +593,15 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
     relu_out.relu = true;
     EXPECT_TRUE(torch::equal(int8_op_fused(c.x, in, *c.w, out, c.g, relu_out), torch::relu(dequantize_tensor(want, out))))
         << "case " << i;
+    // Int8 out: the codes of that ReLU at the same point (max(q, zp)), which the relu table gives
+    // for a next point equal to this one.
     relu_out.int8 = true;
+    const torch::Tensor relu_codes = int8_op_fused(c.x, in, *c.w, out, c.g, relu_out);
+    EXPECT_TRUE(torch::equal(relu_codes, torch::maximum(want, torch::full_like(want, out.zero_point[0]))))
+        << "case " << i;
+    EXPECT_TRUE(torch::equal(dequantize_tensor(relu_codes, out), torch::relu(dequantize_tensor(want, out))))
+        << "case " << i;
+    relu_out.table = relu.data();
     EXPECT_THROW(int8_op_fused(c.x, in, *c.w, out, c.g, relu_out), Error) << "case " << i;
   }
   EXPECT_THROW(int8_op_fused(cases[0].x, in, wl, out, nullptr, Int8Output{false, relu.data()}), Error);
@@ -772,8 +780,8 @@ TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
 // Converted models run their conv -> SiLU -> conv and linear -> GELU -> linear sequences as int8
 // chains (10 per wiflow_tiny forward: 4 TCN blocks, 5 encoder blocks, the decoder; 3 per pose_nano
 // forward: the input tokens quantized as they are made and handed to proj, the feed-forward and
-// the keypoint head; 6 per pose_micro forward: also the graph refinement's three linear -> ReLU,
-// the ReLU folded into the requantization) and give the same outputs, bit for bit, as the
+// the keypoint head; 6 per pose_micro forward: also the graph refinement, inp -> ReLU and g1 -> ReLU
+// giving codes to the int8 adjacency product and g2 -> ReLU -> out) and give the same outputs, bit for bit, as the
 // same model with every op dequantizing and the float functions in between. The attentions also
 // hand the softmax probabilities to their context product as int8 codes (2 per wiflow_tiny
 // forward, 1 per pose_nano forward).
@@ -811,7 +819,7 @@ TEST(Int8Chain, OutputsDoNotDependOnTheThreadCount) {
   BackendScope s(Int8BackendKind::onednn);
   const int threads_before = at::get_num_threads();
   const int64_t default_chunk = int8_conv_chunk_bytes();
-  for (const std::string preset : {"wiflow_tiny", "pose_nano"}) {
+  for (const std::string preset : {"wiflow_tiny", "pose_nano", "pose_micro"}) {
     const Converted c = convert_preset(preset, 43);
     torch::NoGradGuard g;
     const torch::Tensor x = torch::cat({c.x, c.x.flip(0), c.x * 0.5}, 0);  // 24 samples

@@ -192,6 +192,49 @@ TEST(SmallMatmul, AutogradGoesThroughTorchMatmul) {
   EXPECT_TRUE(torch::allclose(a.grad(), b.sum(-1).unsqueeze(1).expand({4, 3, 5}), 1e-5, 1e-6));
 }
 
+// small_matmul_int8 = quantize(small_matmul(a, dequantize(q))) bit for bit: it skips the zero
+// coefficients of a, which must not change a single sum (signed zeros included: codes at the
+// zero point dequantize to +0, negative coefficients make -0 products).
+TEST(SmallMatmul, Int8CodesGiveTheComposedOpsCodes) {
+  torch::manual_seed(12);
+  torch::NoGradGuard no_grad;
+  const QuantParams from = QuantParams::per_tensor(0.037f, -7, -128, 127);
+  const QuantParams to = QuantParams::per_tensor(0.021f, 4, -128, 127);
+  // A row-normalized skeleton-like adjacency (the model's), a sparse one with negative and -0
+  // entries, and a dense one.
+  torch::Tensor adjacency = torch::eye(17);
+  for (int64_t i = 0; i + 1 < 17; ++i) adjacency[i][i + 1] = adjacency[i + 1][i] = 1.0f;
+  adjacency = adjacency / adjacency.sum(1, true);
+  torch::Tensor signed_sparse = torch::randn({17, 17}) * (torch::rand({17, 17}) < 0.3).to(torch::kFloat);
+  signed_sparse[3][5] = -0.0f;
+  for (const torch::Tensor& a : {adjacency, signed_sparse, torch::randn({6, 17})}) {
+    for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{5, 17, 64}, {2, 3, 17, 9}, {17, 1}}) {
+      const torch::Tensor q = torch::randint(-128, 128, shape).to(torch::kChar);
+      const torch::Tensor want =
+          quantize_tensor(small_matmul(a, dequantize_tensor(q, from)).contiguous(), to, Rounding::half_even);
+      EXPECT_TRUE(torch::equal(small_matmul_int8(a, q, from, to, Rounding::half_even), want)) << c10::IntArrayRef(shape);
+      const torch::Tensor want_away =
+          quantize_tensor(small_matmul(a, dequantize_tensor(q, from)).contiguous(), to, Rounding::half_away);
+      EXPECT_TRUE(torch::equal(small_matmul_int8(a, q, from, to, Rounding::half_away), want_away)) << c10::IntArrayRef(shape);
+    }
+  }
+  // By hand: a = [[0.5, 0.5], [0, 1]], codes [[2], [6]] at scale 1 zero point 0 -> [[4], [6]];
+  // at scale 2 zero point 1 -> [[3], [4]] (4 / 2 + 1, 6 / 2 + 1).
+  const torch::Tensor a = torch::tensor({0.5f, 0.5f, 0.0f, 1.0f}).reshape({2, 2});
+  const torch::Tensor q = torch::tensor({2, 6}, torch::kChar).reshape({1, 2, 1});
+  const torch::Tensor y = small_matmul_int8(a, q, QuantParams::per_tensor(1.0f, 0, -128, 127),
+                                            QuantParams::per_tensor(2.0f, 1, -128, 127), Rounding::half_even);
+  EXPECT_TRUE(torch::equal(y, torch::tensor({3, 4}, torch::kChar).reshape({1, 2, 1})));
+  // Bad input: a non-finite matrix, a shape mismatch, float codes, per-channel points.
+  const QuantParams unit = QuantParams::per_tensor(1.0f, 0, -128, 127);
+  EXPECT_THROW(small_matmul_int8(torch::full({2, 2}, NAN), q, unit, unit, Rounding::half_even), Error);
+  EXPECT_THROW(small_matmul_int8(torch::ones({2, 3}), q, unit, unit, Rounding::half_even), Error);
+  EXPECT_THROW(small_matmul_int8(a, q.to(torch::kFloat), unit, unit, Rounding::half_even), Error);
+  QuantParams channels = unit;
+  channels.axis = 0;
+  EXPECT_THROW(small_matmul_int8(a, q, channels, unit, Rounding::half_even), Error);
+}
+
 
 TEST(RowSoftmax, HandComputedRowsWithAndWithoutTheAffineMap) {
   torch::NoGradGuard no_grad;
