@@ -14,6 +14,7 @@
 
 #include "common/check.h"
 #include "quant/int8_ops.h"
+#include "quant/row_layer_norm.h"
 #include "quant/row_softmax.h"
 #include "quant/small_matmul.h"
 #include "common/config_node.h"
@@ -325,7 +326,13 @@ PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, dou
 
 torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
-  const auto proj = quantized_linear(hook.get(), is_training(), x, in_proj_weight, in_proj_bias);
+  torch::Tensor proj;
+  if (x.scalar_type() == torch::kChar) {  // codes at the in-projection's input point (a converted model)
+    proj = int8_chain_forward({{this}}, x, is_training());
+    CSIPOSE_CHECK(proj.defined(), "PoseSelfAttention: int8 input codes need a converted in-projection in eval mode");
+  } else {
+    proj = quantized_linear(hook.get(), is_training(), x, in_proj_weight, in_proj_bias);
+  }
   const auto qkv = proj.chunk(3, /*dim=*/-1);
   // (N, T, d) -> (N, H, T, hd)
   auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
@@ -356,14 +363,42 @@ PoseEncoderLayerImpl::PoseEncoderLayerImpl(int64_t d_model, int64_t heads, int64
   dropout2 = register_module("dropout2", torch::nn::Dropout(p));
 }
 
+namespace {
+/// norm(residual + dropout(sub)) in training; in inference the one-pass row kernel (the dropout is
+/// the identity there).
+torch::Tensor add_norm(torch::nn::LayerNorm& norm, torch::nn::Dropout& dropout, const torch::Tensor& sub,
+                       const torch::Tensor& residual, bool training) {
+  if (training) return norm(residual + dropout(sub));
+  return row_layer_norm(sub, residual, norm->weight, norm->bias, norm->options.eps());
+}
+}  // namespace
+
 torch::Tensor PoseEncoderLayerImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = norm1(x + dropout1(self_attn(x)));
+  torch::Tensor h = add_norm(norm1, dropout1, self_attn(x), x, is_training());
   // Converted: linear1 hands int8 codes through GELU to linear2 (quant/qmodules.h, int8 chains).
   torch::Tensor ff = int8_chain_forward({{linear1.get(), nullptr, -1, 0, Int8Between::gelu}, {linear2.get()}}, h,
                                         is_training());
   // GELU exact (erf form): torch::gelu's default on LibTorch 1.13 and 2.x.
   if (!ff.defined()) ff = linear2(dropout(torch::gelu(linear1(h))));
-  return norm2(h + dropout2(ff));
+  return add_norm(norm2, dropout2, ff, h, is_training());
+}
+
+std::optional<std::pair<torch::Tensor, torch::Tensor>> PoseEncoderLayerImpl::forward_int8(const torch::Tensor& x,
+                                                                                         const torch::Tensor& xq,
+                                                                                         Quantizable* next) {
+  if (is_training() || !x.device().is_cpu()) return std::nullopt;
+  const auto into_ff = int8_chain_input(linear1.get(), x.device(), false);
+  const auto into_next = int8_chain_input(next, x.device(), false);
+  if (!into_ff || !into_next || !int8_chain_input(self_attn.get(), x.device(), false) ||
+      !int8_chain_input(linear2.get(), x.device(), false))
+    return std::nullopt;
+  const torch::Tensor a = self_attn(xq);
+  const auto [h, hq] = row_layer_norm_int8(a, x, norm1->weight, norm1->bias, norm1->options.eps(), into_ff->point,
+                                           into_ff->rounding);
+  const torch::Tensor ff =
+      int8_chain_forward({{linear1.get(), nullptr, -1, 0, Int8Between::gelu}, {linear2.get()}}, hq, false);
+  return row_layer_norm_int8(ff, h, norm2->weight, norm2->bias, norm2->options.eps(), into_next->point,
+                             into_next->rounding);
 }
 
 PoseEncoderImpl::PoseEncoderImpl(int64_t num_layers, int64_t d_model, int64_t heads, int64_t dim_feedforward,
@@ -479,9 +514,39 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
     if (const auto in = int8_chain_input(proj.get(), x.device(), is_training()))
       projected = int8_chain_forward({{proj.get()}}, standardized_tokens_int8(x, in->point, in->rounding), is_training());
   if (!projected.defined()) projected = proj(standardized_tokens(x));  // (N, T, d)
-  const torch::Tensor h = tf(projected + pos);                        // (N, T, d)
-  const torch::Tensor w = torch::softmax(att(h), /*dim=*/1);  // (N, T, 1)
+  torch::Tensor h = projected + pos;                                  // (N, T, d)
+  torch::Tensor logits = encode_int8(h);  // converted: the layers hand on codes, att takes them
+  if (!logits.defined()) {
+    h = tf(h);
+    logits = att(h);
+  }
+  const torch::Tensor w = torch::softmax(logits, /*dim=*/1);  // (N, T, 1)
   return (w * h).sum(/*dim=*/1);                              // (N, d)
+}
+
+torch::Tensor PoseTransformerImpl::encode_int8(torch::Tensor& h) {
+  if (is_training() || !h.device().is_cpu() || h.scalar_type() != torch::kFloat ||
+      (torch::GradMode::is_enabled() && h.requires_grad()))
+    return {};
+  const auto& layers = tf->layers;
+  const auto into_first = int8_chain_input(layers->ptr<PoseEncoderLayerImpl>(0)->self_attn.get(), h.device(), false);
+  if (!into_first || !int8_chain_input(att.get(), h.device(), false)) return {};
+  // Each layer's output leaves with the codes of the next op's input point (the next layer's
+  // in-projection, or att), made in its last LayerNorm's pass (row_layer_norm_int8).
+  torch::Tensor x = h, xq = quantize_tensor_cpu(h, into_first->point, into_first->rounding);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    Quantizable* next = i + 1 < layers->size() ? static_cast<Quantizable*>(layers->ptr<PoseEncoderLayerImpl>(i + 1)->self_attn.get())
+                                               : static_cast<Quantizable*>(att.get());
+    auto out = layers->ptr<PoseEncoderLayerImpl>(i)->forward_int8(x, xq, next);
+    if (!out) {
+      CSIPOSE_CHECK(i == 0, "pose_transformer: encoder layer ", i, " cannot run int8 after layer 0 did");
+      return {};
+    }
+    x = out->first;
+    xq = out->second;
+  }
+  h = x;
+  return int8_chain_forward({{att.get()}}, xq, false);
 }
 
 torch::Tensor PoseTransformerImpl::keypoints0(const torch::Tensor& z) {

@@ -23,6 +23,8 @@
 #include <torch/nn/modules/dropout.h>
 
 #include <cstdint>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -125,6 +127,13 @@ class PoseEncoderLayerImpl : public torch::nn::Module {
   PoseEncoderLayerImpl(int64_t d_model, int64_t heads, int64_t dim_feedforward, double dropout);
   /// x: (N, T, d) -> (N, T, d)
   torch::Tensor forward(const torch::Tensor& x);
+  /// A converted layer in eval mode with int8 activations between its ops: x (N, T, d) float32 and
+  /// xq its codes at self_attn's input point -> {the layer's output, its codes at `next`'s input
+  /// point}, both LayerNorms as row_layer_norm_int8 (the residual add, the norm and the next
+  /// op's quantization in one pass). The same values as forward(x) and then quantizing the output;
+  /// nullopt when an op is not converted for int8 chains (run forward instead).
+  std::optional<std::pair<torch::Tensor, torch::Tensor>> forward_int8(const torch::Tensor& x, const torch::Tensor& xq,
+                                                                      Quantizable* next);
 
   PoseSelfAttention self_attn{nullptr};
   QLinear linear1{nullptr}, linear2{nullptr};
@@ -199,6 +208,10 @@ class PoseTransformerImpl : public PoseModelImpl {
 
  private:
   torch::Tensor encode(const torch::Tensor& x);      // (N, 3, 114, 10) -> pooled z (N, d)
+  /// Converted: h = projected + pos through the encoder with int8 codes between the layers;
+  /// replaces h by the encoder's output and returns att's logits. Undefined (h untouched) when the
+  /// model does not run int8 chains.
+  torch::Tensor encode_int8(torch::Tensor& h);
   torch::Tensor keypoints0(const torch::Tensor& z);  // z (N, d) -> sigmoid(head(z)) (N, K, 2)
   PoseTransformerConfig config_;
 };

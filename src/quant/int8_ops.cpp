@@ -1296,6 +1296,13 @@ bool quantize_span(const float* src, int64_t n, int8_t* dst, const QuantParams& 
   return quantize_into_serial(src, n, dst, p, r);
 }
 
+torch::Tensor quantize_tensor_cpu(const torch::Tensor& x_float, const QuantParams& p, Rounding r) {
+  check_float_tensor(x_float, "quantize_tensor_cpu");
+  CSIPOSE_CHECK(x_float.device().is_cpu() && !p.per_channel() && p.qmin >= -128 && p.qmax <= 127,
+                "quantize_tensor_cpu: needs a CPU tensor and per-tensor params with an int8 range");
+  return quantize_cpu_fused(x_float, p, r);
+}
+
 void set_int8_conv_chunk_bytes(int64_t bytes) {
   CSIPOSE_CHECK(bytes >= 1, "set_int8_conv_chunk_bytes: needs at least 1 byte, got ", bytes);
   conv_chunk_bytes().store(bytes);

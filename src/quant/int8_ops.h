@@ -109,6 +109,10 @@ torch::Tensor quantize_tensor(const torch::Tensor& x_float, const QuantParams& p
 /// unspecified) when a value is not finite. For producers that quantize their own output for the
 /// next int8 op in the same pass.
 bool quantize_span(const float* src, int64_t n, int8_t* dst, const QuantParams& p, Rounding r = Rounding::half_even);
+/// quantize_tensor of a float32 CPU tensor with per-tensor params in one vectorized pass (the same
+/// float32 operations, so the same codes; non-finite values are an error): for producers of an int8
+/// op's input outside the fused ops.
+torch::Tensor quantize_tensor_cpu(const torch::Tensor& x_float, const QuantParams& p, Rounding r = Rounding::half_even);
 /// float32 dequantize(q) of every element of an int8 tensor: float(q - zp) * scale.
 torch::Tensor dequantize_tensor(const torch::Tensor& q, const QuantParams& p);
 

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "common/check.h"
@@ -83,10 +84,11 @@ std::vector<int64_t> batch_offsets(const torch::Tensor& t, int64_t batch_dims) {
 /// quantized into dst. `nz` lists row i's nonzero columns at nz[start[i] .. start[i + 1]).
 /// False when a quantized value is not finite.
 CSIPOSE_MM_CLONES
-bool matmul_rows_codes(const float* a, const int64_t* nz, const int64_t* start, const int8_t* q, const float* lut,
+bool matmul_rows_codes(const float* a, const int64_t* nz, const int64_t* start, const int8_t* q, float zp, float s,
                        int8_t* dst, float* f, float* row, int64_t m, int64_t k, int64_t n, const QuantParams& to,
                        Rounding r) {
-  for (int64_t j = 0; j < k * n; ++j) f[j] = lut[static_cast<uint8_t>(q[j])];
+  // dequantize_tensor's float32 (q - zp) * scale (every int8 code converts exactly).
+  for (int64_t j = 0; j < k * n; ++j) f[j] = (static_cast<float>(q[j]) - zp) * s;
   bool ok = true;
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
@@ -110,7 +112,6 @@ torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, 
   CSIPOSE_CHECK(q.dim() >= 2 && q.scalar_type() == torch::kChar && q.device().is_cpu() && q.size(-2) == a.size(1),
                 "small_matmul_int8: expected int8 CPU codes (..., ", a.size(1), ", n), got ", q.sizes());
   CSIPOSE_CHECK(!from.per_channel() && !to.per_channel(), "small_matmul_int8: per-tensor points only");
-  CSIPOSE_CHECK(torch::isfinite(a).all().item<bool>(), "small_matmul_int8: the matrix has non-finite values");
   RECORD_FUNCTION("csipose::small_matmul_int8", std::vector<c10::IValue>());
   const int64_t m = a.size(0), k = a.size(1), n = q.size(-1);
   const torch::Tensor ac = a.contiguous(), qc = q.contiguous();
@@ -119,16 +120,15 @@ torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, 
   torch::Tensor y = torch::empty(shape, q.options());
   if (y.numel() == 0) return y;
   const float* ap = ac.data_ptr<float>();
+  for (int64_t i = 0; i < m * k; ++i)
+    CSIPOSE_CHECK(std::isfinite(ap[i]), "small_matmul_int8: the matrix has non-finite values");
   std::vector<int64_t> nz, start{0};
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t kk = 0; kk < k; ++kk)
       if (ap[i * k + kk] != 0.0f) nz.push_back(kk);
     start.push_back(static_cast<int64_t>(nz.size()));
   }
-  // dequantize_tensor's float32 (q - zp) * scale for every code.
-  float lut[256];
   const float zp = static_cast<float>(from.zero_point[0]), s = from.scale[0];
-  for (int c = 0; c < 256; ++c) lut[c] = (static_cast<float>(static_cast<int8_t>(c)) - zp) * s;
   const int64_t items = y.numel() / (m * n);
   const int8_t* qp = qc.data_ptr<int8_t>();
   int8_t* yp = y.data_ptr<int8_t>();
@@ -138,7 +138,7 @@ torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, 
     f.resize(static_cast<size_t>(k * n));
     row.resize(static_cast<size_t>(n));
     for (int64_t i = b0; i < b1; ++i)
-      if (!matmul_rows_codes(ap, nz.data(), start.data(), qp + i * k * n, lut, yp + i * m * n, f.data(), row.data(), m,
+      if (!matmul_rows_codes(ap, nz.data(), start.data(), qp + i * k * n, zp, s, yp + i * m * n, f.data(), row.data(), m,
                              k, n, to, r))
         bad.store(true);
   });

@@ -11,6 +11,7 @@
 #include "common/check.h"
 #include "quant/fake_quant.h"
 #include "quant/qmodules.h"
+#include "quant/row_layer_norm.h"
 #include "quant/row_softmax.h"
 #include "quant/small_matmul.h"
 #include "testing.h"
@@ -320,6 +321,87 @@ TEST(RowSoftmax, NanRowsAndFallbacks) {
   (torch::softmax(x2 * a2.view({1, 3, 1}), -1) * torch::arange(5.0)).sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), x2.grad()));
   EXPECT_TRUE(torch::allclose(a.grad(), a2.grad()));
+}
+
+// ---- row_layer_norm -------------------------------------------------------------------------------
+
+TEST(RowLayerNorm, HandComputedRow) {
+  torch::NoGradGuard no_grad;
+  // x + residual = (1, 2, 3, 4): mean 2.5, biased variance 1.25, rstd = 1 / sqrt(1.25 + eps);
+  // gamma (1, 2, 1, 1), beta (0, 0, 0, 10).
+  const torch::Tensor x = torch::tensor({0.5f, 1.0f, 1.5f, 2.0f}).reshape({1, 4});
+  const torch::Tensor res = torch::tensor({0.5f, 1.0f, 1.5f, 2.0f}).reshape({1, 4});
+  const torch::Tensor gamma = torch::tensor({1.0f, 2.0f, 1.0f, 1.0f}), beta = torch::tensor({0.0f, 0.0f, 0.0f, 10.0f});
+  const double rstd = 1.0 / std::sqrt(1.25 + 1e-5);
+  const torch::Tensor want =
+      torch::tensor({-1.5 * rstd, -0.5 * rstd * 2, 0.5 * rstd, 1.5 * rstd + 10}, torch::kDouble).reshape({1, 4});
+  EXPECT_TRUE(torch::allclose(row_layer_norm(x, res, gamma, beta, 1e-5).to(torch::kDouble), want, 0, 1e-6));
+  EXPECT_TRUE(torch::allclose(row_layer_norm(x * 2, {}, gamma, beta, 1e-5).to(torch::kDouble), want, 0, 1e-6));
+}
+
+// As accurate as ATen's float32 layer_norm: against the float64 form, the largest error is at most
+// twice ATen's (or 1e-6) for row lengths 1..100, rows near a constant and rows with large offsets.
+TEST(RowLayerNorm, MatchesTheFloat64LayerNormOnEveryRowLength) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(21);
+  for (const int64_t d : {1, 2, 7, 16, 17, 48, 64, 100}) {
+    for (const double offset : {0.0, 30.0}) {
+      const torch::Tensor x = torch::randn({3, 10, d}) * 3 + offset, res = torch::randn({3, 10, d});
+      const torch::Tensor gamma = torch::randn({d}), beta = torch::randn({d});
+      // The float64 form of the same float32 sum (ATen adds in float32 first too).
+      const torch::Tensor want = torch::layer_norm((x + res).to(torch::kDouble), {d}, gamma.to(torch::kDouble),
+                                                   beta.to(torch::kDouble), 1e-5);
+      const torch::Tensor aten = torch::layer_norm(x + res, {d}, gamma, beta, 1e-5);
+      const torch::Tensor y = row_layer_norm(x, res, gamma, beta, 1e-5);
+      ASSERT_EQ(y.sizes(), x.sizes());
+      const double err = (y.to(torch::kDouble) - want).abs().max().item<double>();
+      const double aten_err = (aten.to(torch::kDouble) - want).abs().max().item<double>();
+      EXPECT_LE(err, std::max(2 * aten_err, 1e-6)) << "d " << d << " offset " << offset;
+    }
+  }
+  // Constant rows: zero variance, y = beta exactly ((v - mean) = 0).
+  const torch::Tensor c = torch::full({2, 5}, 3.25f), beta = torch::randn({5});
+  EXPECT_TRUE(torch::equal(row_layer_norm(c, {}, torch::randn({5}), beta, 1e-5), beta.expand({2, 5})));
+}
+
+TEST(RowLayerNorm, Int8CodesNanRowsAndFallbacks) {
+  torch::manual_seed(22);
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor x = torch::randn({4, 10, 64}), res = torch::randn({4, 10, 64});
+    const torch::Tensor gamma = torch::randn({64}), beta = torch::randn({64});
+    const QuantParams point = QuantParams::per_tensor(0.031f, -3, -128, 127);
+    const torch::Tensor y = row_layer_norm(x, res, gamma, beta, 1e-5);
+    for (const Rounding r : {Rounding::half_even, Rounding::half_away}) {
+      const auto [yf, q] = row_layer_norm_int8(x, res, gamma, beta, 1e-5, point, r);
+      EXPECT_TRUE(torch::equal(yf, y));
+      EXPECT_TRUE(torch::equal(q, quantize_tensor(y, point, r)));
+    }
+    // A NaN makes its row NaN (the float form) and is refused by the int8 form.
+    torch::Tensor bad = x.clone();
+    bad[1][2][7] = NAN;
+    const torch::Tensor yn = row_layer_norm(bad, res, gamma, beta, 1e-5);
+    EXPECT_TRUE(torch::isnan(yn[1][2]).all().item<bool>());
+    EXPECT_EQ(torch::isnan(yn).sum().item<int64_t>(), 64);
+    EXPECT_THROW(row_layer_norm_int8(bad, res, gamma, beta, 1e-5, point, Rounding::half_even), Error);
+    EXPECT_THROW(row_layer_norm_int8(x.to(torch::kDouble), {}, gamma, beta, 1e-5, point, Rounding::half_even), Error);
+    // Strided inputs are read as they are; float64 goes to torch::layer_norm itself.
+    const torch::Tensor t = torch::randn({64, 10}).t();
+    EXPECT_TRUE(torch::equal(row_layer_norm(t, {}, gamma, beta, 1e-5), row_layer_norm(t.contiguous(), {}, gamma, beta, 1e-5)));
+    const torch::Tensor d = torch::randn({3, 64}, torch::kDouble);
+    EXPECT_TRUE(torch::equal(row_layer_norm(d, {}, gamma.to(torch::kDouble), beta.to(torch::kDouble), 1e-5),
+                             torch::layer_norm(d, {64}, gamma.to(torch::kDouble), beta.to(torch::kDouble), 1e-5)));
+  }
+  // Under autograd: torch ops, gradients to the input, the residual and the affine parameters.
+  const torch::Tensor x = torch::randn({2, 3, 8}, torch::requires_grad()), res = torch::randn({2, 3, 8}, torch::requires_grad());
+  const torch::Tensor gamma = torch::rand({8}, torch::requires_grad()), beta = torch::rand({8}, torch::requires_grad());
+  const torch::Tensor y = row_layer_norm(x, res, gamma, beta, 1e-5);
+  ASSERT_TRUE(y.requires_grad());
+  (y * torch::arange(8.0)).sum().backward();
+  ASSERT_TRUE(x.grad().defined() && res.grad().defined() && gamma.grad().defined() && beta.grad().defined());
+  const torch::Tensor x2 = x.detach().clone().requires_grad_();
+  (torch::layer_norm(x2 + res.detach(), {8}, gamma.detach(), beta.detach(), 1e-5) * torch::arange(8.0)).sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), x2.grad()));
 }
 
 }  // namespace

@@ -1,0 +1,141 @@
+#include "quant/row_layer_norm.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "common/check.h"
+#include "quant/int8_ops.h"
+
+namespace csipose {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CSIPOSE_NORM_CLONES
+#endif
+
+/// Sum of v[0..d) as 16 interleaved partial sums combined in a fixed tree.
+__attribute__((always_inline)) inline float sum16(const float* v, int64_t d) {
+  float p[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 16 <= d; j += 16)
+    for (int k = 0; k < 16; ++k) p[k] += v[j + k];
+  for (int k = 0; j < d; ++j, ++k) p[k] += v[j];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) p[k] += p[k + w];
+  return p[0];
+}
+
+/// One row: y = LayerNorm(x + res) (res may be null); v is d floats of scratch (may be y).
+CSIPOSE_NORM_CLONES
+void layer_norm_row(const float* x, const float* res, const float* gamma, const float* beta, float eps, int64_t d,
+                    float* v, float* y) {
+  if (res != nullptr) {
+    for (int64_t j = 0; j < d; ++j) v[j] = x[j] + res[j];
+  } else {
+    for (int64_t j = 0; j < d; ++j) v[j] = x[j];
+  }
+  const float n = static_cast<float>(d);
+  const float mean = sum16(v, d) / n;
+  float sq[16];
+  float acc[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 16 <= d; j += 16)
+    for (int k = 0; k < 16; ++k) {
+      const float c = v[j + k] - mean;
+      acc[k] += c * c;
+    }
+  for (int k = 0; j < d; ++j, ++k) {
+    const float c = v[j] - mean;
+    acc[k] += c * c;
+  }
+  for (int k = 0; k < 16; ++k) sq[k] = acc[k];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) sq[k] += sq[k + w];
+  const float rstd = 1.0f / std::sqrt(sq[0] / n + eps);
+  for (int64_t i = 0; i < d; ++i) y[i] = (v[i] - mean) * rstd * gamma[i] + beta[i];
+}
+
+/// Whether the row kernel applies (else torch ops).
+bool kernel_applies(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& gamma,
+                    const torch::Tensor& beta) {
+  if (!x.defined() || x.dim() < 1 || !gamma.defined() || !beta.defined()) return false;
+  if (torch::GradMode::is_enabled() && (x.requires_grad() || gamma.requires_grad() || beta.requires_grad() ||
+                                        (residual.defined() && residual.requires_grad())))
+    return false;
+  const int64_t d = x.size(-1);
+  if (x.scalar_type() != torch::kFloat || !x.device().is_cpu() || gamma.scalar_type() != torch::kFloat ||
+      !gamma.device().is_cpu() || beta.scalar_type() != torch::kFloat || !beta.device().is_cpu())
+    return false;
+  if (gamma.dim() != 1 || gamma.size(0) != d || beta.dim() != 1 || beta.size(0) != d) return false;
+  if (residual.defined() && (residual.sizes() != x.sizes() || residual.scalar_type() != torch::kFloat ||
+                             !residual.device().is_cpu()))
+    return false;
+  return true;
+}
+
+torch::Tensor torch_form(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& gamma,
+                         const torch::Tensor& beta, double eps) {
+  return torch::layer_norm(residual.defined() ? x + residual : x, {x.size(-1)}, gamma, beta, eps);
+}
+
+/// Runs the kernel over every row, quantizing into `codes` when given; false when a code's value
+/// was not finite.
+bool run_rows(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& gamma,
+              const torch::Tensor& beta, double eps, torch::Tensor& y, int8_t* codes, const QuantParams* point,
+              Rounding r) {
+  const int64_t d = x.size(-1);
+  const int64_t rows = d == 0 ? 0 : x.numel() / d;
+  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor rc = residual.defined() ? residual.contiguous() : residual;
+  const torch::Tensor gc = gamma.contiguous(), bc = beta.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
+  const float* gp = gc.data_ptr<float>();
+  const float* bp = bc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto e = static_cast<float>(eps);
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(d, 1)), [&](int64_t b, int64_t en) {
+    for (int64_t i = b; i < en; ++i) {
+      float* yi = yp + i * d;
+      layer_norm_row(xp + i * d, rp ? rp + i * d : nullptr, gp, bp, e, d, yi, yi);
+      if (codes != nullptr && !quantize_span(yi, d, codes + i * d, *point, r)) bad.store(true);
+    }
+  });
+  return !bad.load();
+}
+
+}  // namespace
+
+torch::Tensor row_layer_norm(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& gamma,
+                             const torch::Tensor& beta, double eps) {
+  if (!kernel_applies(x, residual, gamma, beta)) return torch_form(x, residual, gamma, beta, eps);
+  RECORD_FUNCTION("csipose::row_layer_norm", std::vector<c10::IValue>());
+  torch::Tensor y = torch::empty(x.sizes(), x.options().memory_format(c10::MemoryFormat::Contiguous));
+  run_rows(x, residual, gamma, beta, eps, y, nullptr, nullptr, Rounding::half_even);
+  return y;
+}
+
+std::pair<torch::Tensor, torch::Tensor> row_layer_norm_int8(const torch::Tensor& x, const torch::Tensor& residual,
+                                                            const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                            double eps, const QuantParams& point, Rounding r) {
+  CSIPOSE_CHECK(kernel_applies(x, residual, gamma, beta) && !(torch::GradMode::is_enabled() && x.requires_grad()),
+                "row_layer_norm_int8: expected float32 CPU tensors of one shape (..., d) and gamma / beta of (d) "
+                "with no gradient, got ", x.sizes());
+  CSIPOSE_CHECK(!point.per_channel(), "row_layer_norm_int8: a per-tensor point only");
+  RECORD_FUNCTION("csipose::row_layer_norm_int8", std::vector<c10::IValue>());
+  torch::Tensor y = torch::empty(x.sizes(), x.options().memory_format(c10::MemoryFormat::Contiguous));
+  torch::Tensor q = torch::empty(x.sizes(), x.options().dtype(torch::kChar).memory_format(c10::MemoryFormat::Contiguous));
+  const bool ok = run_rows(x, residual, gamma, beta, eps, y, q.data_ptr<int8_t>(), &point, r);
+  CSIPOSE_CHECK(ok, "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  return {y, q};
+}
+
+}  // namespace csipose
