@@ -324,8 +324,36 @@ PoseSelfAttentionImpl::PoseSelfAttentionImpl(int64_t d_model, int64_t heads, dou
   torch::nn::init::zeros_(out_proj->bias);
 }
 
+torch::Tensor PoseSelfAttentionImpl::forward_int8(const torch::Tensor& x) {
+  const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
+  const bool training = is_training();
+  const torch::Device device = x.device();
+  const auto into_q = int8_matmul_input(*scores_mm, 0, device, training);
+  const auto into_k = int8_matmul_input(*scores_mm, 1, device, training);
+  const auto into_w = int8_matmul_input(*context_mm, 0, device, training);
+  const auto into_v = int8_matmul_input(*context_mm, 1, device, training);
+  if (!into_q || !into_k || !into_w || !into_v || into_q->rounding != into_w->rounding ||
+      !int8_chain_input(this, device, training) || !int8_chain_input(out_proj.get(), device, training))
+    return {};
+  // q, k, v leave the in-projection as the codes of the products' input points.
+  const torch::Tensor qkv = int8_linear_split(this, x, {*into_q, *into_k, *into_v}, training);
+  if (!qkv.defined()) return {};
+  const auto parts = qkv.chunk(3, /*dim=*/-1);
+  auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
+  const torch::Tensor q = split_heads(parts[0]), k = split_heads(parts[1]), v = split_heads(parts[2]);
+  const torch::Tensor w = int8_attention_probs(*scores_mm, *context_mm, /*input=*/0, q, k.transpose(-2, -1),
+                                               static_cast<float>(std::sqrt(static_cast<double>(hd))), {}, {},
+                                               training);
+  CSIPOSE_CHECK(w.defined(), "PoseSelfAttention: the int8 attention probabilities did not run");
+  // The context product hands out_proj its input codes; the heads are merged as int8.
+  const torch::Tensor o = int8_matmul_chain(*context_mm, w, v, out_proj.get(), training);
+  CSIPOSE_CHECK(o.defined(), "PoseSelfAttention: the int8 context product did not run");
+  return int8_chain_forward({{out_proj.get()}}, o.transpose(1, 2).reshape({N, T, d}), training);
+}
+
 torch::Tensor PoseSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t N = x.size(0), T = x.size(1), d = x.size(2), hd = d / heads_;
+  if (const torch::Tensor y = forward_int8(x); y.defined()) return y;
   torch::Tensor proj;
   if (x.scalar_type() == torch::kChar) {  // codes at the in-projection's input point (a converted model)
     proj = int8_chain_forward({{this}}, x, is_training());

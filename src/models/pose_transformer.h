@@ -113,6 +113,12 @@ class PoseSelfAttentionImpl : public torch::nn::Module, public Quantizable {
   QMatmul scores_mm{nullptr}, context_mm{nullptr};
 
  private:
+  /// A converted attention with int8 activations from the in-projection to out_proj (x float32 or
+  /// codes at the in-projection's input point): q, k and v as the products' input codes
+  /// (int8_linear_split), the probabilities as context_mm's codes (int8_attention_probs), the
+  /// context as out_proj's input codes (int8_matmul_chain). Undefined when not converted so.
+  torch::Tensor forward_int8(const torch::Tensor& x);
+
   int64_t heads_;
   double dropout_;  // applied to the attention weights (training only)
 };

@@ -1018,9 +1018,17 @@ void requantize_conv_into(const int32_t* src, int64_t n, int64_t o, int64_t np, 
 
 /// The same for a linear op's raw (M, O) int32 GEMM result (row-major, channels last), written to
 /// dst_f (M, O) float32, or as int8 codes (through `table` when given) to dst_q.
+/// With `groups` > 0 column tables instead, column c's codes go through group_tables[c / (o / groups)]
+/// (null: unchanged).
 void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tensor& comp, const torch::Tensor& bias,
                      const std::vector<float>& mult, const QuantParams& out, Rounding r, float* dst_f, int8_t* dst_q,
-                     const int8_t* table) {
+                     const int8_t* table, const int8_t* const* group_tables = nullptr, int64_t groups = 0) {
+  const int64_t group_width = groups > 0 ? o / groups : o;
+  const auto map_row = [&](int8_t* row) {
+    if (table != nullptr) apply_lut(row, o, table);
+    for (int64_t g = 0; g < groups; ++g)
+      if (group_tables[g] != nullptr) apply_lut(row + g * group_width, group_width, group_tables[g]);
+  };
   // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64 and
   // its 32-bit pattern added with wrapping gives acc + bias (see requant_span_even).
   thread_local std::vector<uint32_t> add32;
@@ -1045,7 +1053,7 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
       if (r == Rounding::half_even) {
         if (dst_q != nullptr) {
           requant_span_even_q(s_row, add32p, mvp, o, zp, lo, hi, dst_q + row * o);
-          if (table != nullptr) apply_lut(dst_q + row * o, o, table);
+          map_row(dst_q + row * o);
         } else {
           requant_span_even(s_row, add32p, mvp, o, zp, lo, hi, s_out, dst_f + row * o);
         }
@@ -1056,12 +1064,12 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
         float u = round_one(static_cast<float>(sum) * mvp[c], r) + zp;
         u = u < lo ? lo : (u > hi ? hi : u);
         if (dst_q != nullptr) {
-          const auto q = static_cast<int8_t>(static_cast<int32_t>(u));
-          dst_q[row * o + c] = table != nullptr ? table[static_cast<uint8_t>(q)] : q;
+          dst_q[row * o + c] = static_cast<int8_t>(static_cast<int32_t>(u));
         } else {
           dst_f[row * o + c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
         }
       }
+      if (dst_q != nullptr) map_row(dst_q + row * o);
     }
   });
 }
@@ -1334,7 +1342,7 @@ torch::Tensor int8_op_fused(const torch::Tensor& x, const QuantParams& in_qp, co
                             const QuantParams& out_qp, const Int8Conv* conv, const Int8Output& out_spec, Rounding r) {
   RECORD_FUNCTION("csipose::int8_op_fused", std::vector<c10::IValue>());
   if (out_spec.relu) {
-    CSIPOSE_CHECK(out_spec.table == nullptr,
+    CSIPOSE_CHECK(out_spec.table == nullptr && out_spec.column_tables.empty(),
                   "int8_op_fused: relu with a code table (the table maps codes through the function instead)");
     check_activation_params(out_qp, "int8_op_fused");
     QuantParams clipped = out_qp;
@@ -1357,7 +1365,12 @@ torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_q
   check_activation_params(out_qp, "int8_op_fused");
   check_int8_tensor(w.q, "int8_op_fused");
   CSIPOSE_CHECK(w.input_params == in_qp, "int8_op_fused: input params differ from those the weight was packed for");
-  CSIPOSE_CHECK(out_spec.table == nullptr || out_spec.int8, "int8_op_fused: a code table needs int8 output");
+  CSIPOSE_CHECK((out_spec.table == nullptr && out_spec.column_tables.empty()) || out_spec.int8,
+                "int8_op_fused: a code table needs int8 output");
+  const auto column_groups = static_cast<int64_t>(out_spec.column_tables.size());
+  CSIPOSE_CHECK(column_groups == 0 || (conv == nullptr && out_spec.table == nullptr && w.out_channels() % column_groups == 0),
+                "int8_op_fused: column tables are for a linear op whose outputs split evenly into them (and no "
+                "whole-output table), got ", column_groups, " for ", w.out_channels(), " outputs");
   // zp_in * sum_k w (in_qp == w.input_params, checked above): precomputed at pack / load time.
   const torch::Tensor comp = w.zp_row_sum.defined() ? w.zp_row_sum : w.with_row_sum().zp_row_sum;
   const int64_t c_out = w.out_channels();
@@ -1407,7 +1420,8 @@ torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_q
         std::fill(acc_buf.begin(), acc_buf.end(), 0);
       }
       requantize_rows(acc_buf.data(), m, c_out, comp, w.bias_q, mult, out_qp, r, dst_f ? dst_f + r0 * c_out : nullptr,
-                      dst_q ? dst_q + r0 * c_out : nullptr, out_spec.int8 ? out_spec.table : nullptr);
+                      dst_q ? dst_q + r0 * c_out : nullptr, out_spec.int8 ? out_spec.table : nullptr,
+                      out_spec.column_tables.data(), column_groups);
     };
     // Many rows run in chunks whose int8 input and int32 sums stay in L2 (as the convs below).
     run_in_chunks(rows, k + 4 * c_out, run);
@@ -1726,6 +1740,33 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
       const int64_t c = affine ? (bi / per_channel) % channels : 0;
       softmax_rows(rows.data(), rows.data(), mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f,
                    affine);
+      finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+    }
+    if (!finite) bad.store(true);
+  });
+  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  return y;
+}
+
+torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                const QuantParams& b_qp, const QuantParams& out_qp, const QuantParams& p_qp,
+                                Rounding r) {
+  RECORD_FUNCTION("csipose::int8_matmul_codes", std::vector<c10::IValue>());
+  check_activation_params(p_qp, "int8_matmul_codes");
+  const MatmulRaw mr = matmul_raw("int8_matmul_codes", a, a_qp, b, b_qp, out_qp, r);
+  torch::Tensor y = torch::empty(mr.out_shape, a.options().dtype(torch::kInt8));
+  if (y.numel() == 0) return y;
+  int8_t* yp = y.data_ptr<int8_t>();
+  const int64_t mn = mr.m * mr.n;
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
+    // One product at a time through an L1-sized float block: the dequantized output
+    // int8_matmul_float returns, then the next input point's quantization.
+    thread_local std::vector<float> rows;
+    rows.resize(static_cast<size_t>(mn));
+    bool finite = true;
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      matmul_requantize(mr, a_qp, b_qp, out_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
       finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
     }
     if (!finite) bad.store(true);

@@ -184,6 +184,10 @@ struct Int8Output {
   /// point ((max(q, zp) - zp) * s = max((q - zp) * s, 0), +0 included): bit for bit torch::relu of
   /// the plain float output, or (int8, no table) the codes of it at out_qp.
   bool relu = false;
+  /// Int8 output of a linear op whose output columns go to different next points (the pose
+  /// transformer's in-projection: q, k and v): G tables split the O outputs into G equal groups,
+  /// column c's codes mapped through column_tables[c / (O / G)] (null: unchanged). Instead of `table`.
+  std::vector<const int8_t*> column_tables;
 };
 /// int8_op_float with int8 activations allowed on both sides (an int8 chain, quant/qmodules.h):
 /// x float32 (quantized here with in_qp) or int8 (codes at in_qp in [qmin, qmax], as the previous op
@@ -219,6 +223,14 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
                                   const QuantParams& b_qp, const QuantParams& s_qp, float divisor,
                                   const torch::Tensor& scale, const torch::Tensor& shift, const QuantParams& p_qp,
                                   Rounding r = Rounding::half_even);
+
+/// quantize_tensor(int8_matmul_float(a, a_qp, b, b_qp, out_qp, r), p_qp, r) bit for bit, without
+/// the float output: each product's dequantized block is quantized with the next op's input point
+/// p_qp while in cache (the pose transformer's context product handing codes to out_proj). int8
+/// (batch..., m, n), row-major. Only where int8_fused_available.
+torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
+                                const QuantParams& b_qp, const QuantParams& out_qp, const QuantParams& p_qp,
+                                Rounding r = Rounding::half_even);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------
 // fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),

@@ -549,8 +549,11 @@ torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, in
   for (const QuantHook* h : {scores.hook.get(), context.hook.get()})
     if (h->mode() != QuantMode::int8 || h->int8_state()->inputs.empty() || !h->int8_state()->output) return {};
   const Rounding r = scores.hook->activation_rounding();
-  if (context.hook->activation_rounding() != r || a.scalar_type() != torch::kFloat ||
-      b.scalar_type() != torch::kFloat || !int8_fused_available(a.device()) || b.device() != a.device())
+  const auto operand = [](const torch::Tensor& t) {
+    return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kChar;  // int8: codes at the input point
+  };
+  if (context.hook->activation_rounding() != r || !operand(a) || !operand(b) || !int8_fused_available(a.device()) ||
+      b.device() != a.device())
     return {};
   const auto* s = scores.hook->int8_state();
   const QuantParams& p_qp = context.hook->int8_state()->inputs[static_cast<size_t>(input)];
@@ -627,6 +630,43 @@ torch::Tensor int8_chain_forward(const std::vector<Int8Link>& links, const torch
 
 torch::Tensor int8_chain_codes(const std::vector<Int8Link>& links, const torch::Tensor& x, bool training) {
   return run_chain(links, x, training, /*codes_out=*/true);
+}
+
+std::optional<Int8ChainInput> int8_matmul_input(QMatmulImpl& mm, int input, const torch::Device& device,
+                                                bool training) {
+  CSIPOSE_CHECK(input == 0 || input == 1, "int8_matmul_input: input must be 0 or 1, got ", input);
+  if (training || !int8_chaining() || !int8_fused_available(device) || !mm.hook ||
+      mm.hook->mode() != QuantMode::int8)
+    return std::nullopt;
+  const auto* s = mm.hook->int8_state();
+  if (s == nullptr || s->inputs.size() != 2 || !s->output) return std::nullopt;
+  return Int8ChainInput{s->inputs[static_cast<size_t>(input)], mm.hook->activation_rounding()};
+}
+
+torch::Tensor int8_linear_split(Quantizable* op, const torch::Tensor& x, const std::vector<Int8ChainInput>& to,
+                                bool training) {
+  if (to.empty() || !x.defined() || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kChar) ||
+      std::string(op->op_kind()) != "linear" || !chain_runnable({{op}}, x.device(), training))
+    return {};
+  QuantHook& hook = *op->hook;
+  const auto& s = hook.int8_on(x.device());
+  if (s.packed->out_channels() % static_cast<int64_t>(to.size()) != 0) return {};
+  ++chain_runs();
+  Int8Output out;
+  out.int8 = true;
+  for (const Int8ChainInput& t : to)  // no table where the codes carry over unchanged
+    out.column_tables.push_back(t.point == *s.output ? nullptr : hook.chain_table(Int8Between::identity, t.point, t.rounding));
+  return int8_op_fused(x, s.inputs[0], *s.packed, *s.output, nullptr, out, hook.activation_rounding());
+}
+
+torch::Tensor int8_matmul_chain(QMatmulImpl& mm, const torch::Tensor& a, const torch::Tensor& b, Quantizable* next,
+                                bool training) {
+  const auto in0 = int8_matmul_input(mm, 0, a.device(), training);
+  const auto into = int8_chain_input(next, a.device(), training);
+  if (!in0 || !into || b.device() != a.device()) return {};
+  const auto* s = mm.hook->int8_state();
+  ++chain_runs();
+  return int8_matmul_codes(a, s->inputs[0], b, s->inputs[1], *s->output, into->point, into->rounding);
 }
 
 std::optional<QuantParams> int8_chain_output(Quantizable* op, const torch::Device& device, bool training) {

@@ -306,12 +306,28 @@ struct Int8ChainInput {
   Rounding rounding;
 };
 std::optional<Int8ChainInput> int8_chain_input(Quantizable* op, const torch::Device& device, bool training);
+/// The input point `input` (0 or 1) of a converted matmul of two activations when it runs int8 with
+/// chains on `device` (the fused backend, eval), else nullopt.
+std::optional<Int8ChainInput> int8_matmul_input(QMatmulImpl& mm, int input, const torch::Device& device, bool training);
+/// A linear op whose output columns feed different next points: int8 codes (..., O), the O outputs
+/// split into to.size() equal groups and group g's codes those of to[g] (through the identity: the
+/// codes the next op would make of the dequantized output). The pose transformer's in-projection,
+/// whose q, k and v columns go to the two attention products. Undefined unless `op` runs as an
+/// int8 chain (see int8_chain_forward) and O divides evenly.
+torch::Tensor int8_linear_split(Quantizable* op, const torch::Tensor& x, const std::vector<Int8ChainInput>& to,
+                                bool training);
+/// A converted matmul's product a @ b (float32 or int8 codes at its input points) as the codes of
+/// `next`'s input point (int8_matmul_codes: what `next` would make of the float product), for a
+/// linear op after it. Undefined unless both run int8 chains.
+torch::Tensor int8_matmul_chain(QMatmulImpl& mm, const torch::Tensor& a, const torch::Tensor& b, Quantizable* next,
+                                bool training);
 /// The attention probabilities of a converted model as int8 codes at `context`'s input point
 /// `input` (0 or 1): int8_matmul_softmax of `scores`' product s = a @ b, softmax(s / divisor *
 /// scale[c] + shift[c]) over the last dimension (c along dimension 1; divisor 1, scale / shift
 /// undefined: none), quantized
 /// with that input point: the codes `context` would make of scores -> row_softmax, computed without
-/// the float scores; `context` takes them as they are. Undefined (run the float code instead)
+/// the float scores; `context` takes them as they are. a and b are float32 or int8 codes at
+/// `scores`' input points (int8_linear_split's q and k). Undefined (run the float code instead)
 /// unless both are converted matmuls with quantized activations and one rounding, a and b are on the
 /// fused (oneDNN) backend, `training` is false and chains are on.
 torch::Tensor int8_attention_probs(QMatmulImpl& scores, QMatmulImpl& context, int input, const torch::Tensor& a,

@@ -85,12 +85,12 @@ std::vector<int64_t> batch_offsets(const torch::Tensor& t, int64_t batch_dims) {
 /// False when a quantized value is not finite.
 CSIPOSE_MM_CLONES
 bool matmul_rows_codes(const float* a, const int64_t* nz, const int64_t* start, const int8_t* q, float zp, float s,
-                       int8_t* dst, float* f, float* row, int64_t m, int64_t k, int64_t n, const QuantParams& to,
+                       int8_t* dst, float* f, float* rows, int64_t m, int64_t k, int64_t n, const QuantParams& to,
                        Rounding r) {
   // dequantize_tensor's float32 (q - zp) * scale (every int8 code converts exactly).
   for (int64_t j = 0; j < k * n; ++j) f[j] = (static_cast<float>(q[j]) - zp) * s;
-  bool ok = true;
   for (int64_t i = 0; i < m; ++i) {
+    float* row = rows + i * n;
     for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
     for (int64_t t = start[i]; t < start[i + 1]; ++t) {
       const int64_t kk = nz[t];
@@ -98,9 +98,8 @@ bool matmul_rows_codes(const float* a, const int64_t* nz, const int64_t* start, 
       const float* fk = f + kk * n;
       for (int64_t j = 0; j < n; ++j) row[j] += aik * fk[j];
     }
-    ok = quantize_span(row, n, dst + i * n, to, r) && ok;
   }
-  return ok;
+  return quantize_span(rows, m * n, dst, to, r);  // one call per item (a call per 64-value row cost more than the sums)
 }
 
 }  // namespace
@@ -136,7 +135,7 @@ torch::Tensor small_matmul_int8(const torch::Tensor& a, const torch::Tensor& q, 
   at::parallel_for(0, items, std::max<int64_t>(1, 16384 / std::max<int64_t>(k * n, 1)), [&](int64_t b0, int64_t b1) {
     thread_local std::vector<float> f, row;
     f.resize(static_cast<size_t>(k * n));
-    row.resize(static_cast<size_t>(n));
+    row.resize(static_cast<size_t>(m * n));
     for (int64_t i = b0; i < b1; ++i)
       if (!matmul_rows_codes(ap, nz.data(), start.data(), qp + i * k * n, zp, s, yp + i * m * n, f.data(), row.data(), m,
                              k, n, to, r))
