@@ -427,6 +427,18 @@ TEST(Int8Backend, FusedAttentionProbabilitiesAreTheComposedOps) {
       EXPECT_TRUE(torch::equal(int8_matmul_float(v, v_qp, got.transpose(2, 3), p_qp, s_qp),
                                int8_matmul_float(v, v_qp, dequantize_tensor(got, p_qp).transpose(2, 3), p_qp, s_qp)))
           << "int8 operand, zp " << zp;
+      // The context product handing the next op its codes: the float product quantized with the
+      // next input point, for float and int8 operands, both roundings.
+      const QuantParams next_qp = QuantParams::per_tensor(0.021f, -zp / 2, -128, 127);
+      for (const Rounding r : {Rounding::half_even, Rounding::half_away}) {
+        const torch::Tensor ctx = int8_matmul_float(got, p_qp, v.transpose(2, 3), v_qp, s_qp, r);
+        const torch::Tensor codes = int8_matmul_codes(got, p_qp, v.transpose(2, 3), v_qp, s_qp, next_qp, r);
+        ASSERT_EQ(codes.scalar_type(), torch::kInt8);
+        EXPECT_TRUE(torch::equal(codes, quantize_tensor(ctx, next_qp, r))) << "codes, zp " << zp;
+        EXPECT_TRUE(torch::equal(int8_matmul_codes(q, q_qp, k, k_qp, s_qp, next_qp, r),
+                                 quantize_tensor(int8_matmul_float(q, q_qp, k, k_qp, s_qp, r), next_qp, r)))
+            << "float operands, zp " << zp;
+      }
     }
   }
   // Bad scale / shift shapes and non-finite inputs are refused.
@@ -605,6 +617,36 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
     EXPECT_THROW(int8_op_fused(c.x, in, *c.w, out, c.g, relu_out), Error) << "case " << i;
   }
   EXPECT_THROW(int8_op_fused(cases[0].x, in, wl, out, nullptr, Int8Output{false, relu.data()}), Error);
+  // Column tables (int8_linear_split): a linear op's outputs in equal groups, each group's codes
+  // through its own table (null: unchanged); conv ops, uneven groups and float outputs are refused.
+  const std::array<int8_t, 256> shift = int8_code_table([](const torch::Tensor& v) { return v; }, out, next);
+  const torch::Tensor x_lin = torch::randn({3, 5, wl.q.size(1)});
+  const torch::Tensor plain = int8_op_fused(x_lin, in, wl, out, nullptr, Int8Output{true, nullptr});
+  const int64_t o = wl.out_channels();
+  for (const int64_t g : {int64_t{1}, int64_t{4}, o}) {
+    Int8Output split;
+    split.int8 = true;
+    for (int64_t i = 0; i < g; ++i) split.column_tables.push_back(i % 3 == 0 ? relu.data() : i % 3 == 1 ? nullptr : shift.data());
+    torch::Tensor want = plain.clone();
+    const int64_t width = o / g;
+    for (int64_t i = 0; i < g; ++i) {
+      torch::Tensor cols = want.narrow(-1, i * width, width);
+      if (i % 3 == 0) cols.copy_(map_codes(cols.contiguous(), relu));
+      if (i % 3 == 2) cols.copy_(map_codes(cols.contiguous(), shift));
+    }
+    EXPECT_TRUE(torch::equal(int8_op_fused(x_lin, in, wl, out, nullptr, split), want)) << g << " groups";
+  }
+  Int8Output uneven;
+  uneven.int8 = true;
+  uneven.column_tables.assign(static_cast<size_t>(o + 1), nullptr);
+  EXPECT_THROW(int8_op_fused(x_lin, in, wl, out, nullptr, uneven), Error);
+  Int8Output float_split;
+  float_split.column_tables = {relu.data()};
+  EXPECT_THROW(int8_op_fused(x_lin, in, wl, out, nullptr, float_split), Error);
+  Int8Output conv_split;
+  conv_split.int8 = true;
+  conv_split.column_tables = {relu.data(), nullptr};
+  EXPECT_THROW(int8_op_fused(cases[1].x, in, w1, out, &g1, conv_split), Error);
 }
 
 // The fused convs build their columns with their own im2col (one pass into per-thread scratch)
