@@ -6,10 +6,14 @@
 #include <torch/nn/functional/linear.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <sstream>
 
 #include "common/check.h"
@@ -226,41 +230,122 @@ void tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, f
   }
 }
 
-/// sum_{j < n} f(j) in float64 with 8 partial sums (independent addition chains), combined pairwise.
-/// Always inlined, so that it is compiled for the ISA of its caller's clone.
-template <typename F>
-__attribute__((always_inline)) inline double sum8(const F& f, int64_t n) {
-  double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; ++k) p[k] += f(j + k);
-  for (int k = 0; j < n; ++j, ++k) p[k] += f(j);
-  return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-}
 }  // namespace
 
 namespace {
-/// The mean and the divisor (unbiased standard deviation + 1e-6) of one sample's n values. Cloned
-/// per ISA: the eight float64 partial sums are one AVX-512 register (the same float64 additions on
-/// every clone; nothing to contract, the products are float32).
+/// The mean and the divisor (unbiased standard deviation + 1e-6, as the torch-op form: unbiased
+/// variance, float32 sqrt, + 1e-6 in float32) of four samples' n values each (xs[s]; a sample may
+/// repeat). Float64 sums in 8 interleaved partial sums per sample (j mod 8), combined pairwise: one
+/// chain of 3,420 dependent additions per sample was a fifth of a pose_micro int8 forward at batch
+/// 256. The order can change a float64 sum of float32 values only in its last bits, which rarely
+/// reaches the float32 mean; the result stays within float32 rounding of the torch-op form
+/// (tested). Four samples at once: 32 independent addition chains keep the adders busy where one
+/// sample's 8 wait on the float64 add latency; each sample's sums are the same, so the bits do not
+/// depend on which samples share a call (tested). Cloned per ISA: the same float64 additions on
+/// every clone; nothing to contract, the products are float32.
 CSIPOSE_TOKEN_CLONES
-std::pair<float, float> sample_stats(const float* xs, int64_t n) {
-  // Float64 sums in 8 interleaved partial sums (one chain of 3,420 dependent additions per sample
-  // was a fifth of a pose_micro int8 forward at batch 256). The order can change a float64 sum of
-  // float32 values only in its last bits (where the values span a wide range of magnitudes), which
-  // rarely reaches the float32 mean; the result stays within float32 rounding of the torch-op form
-  // (tested).
-  const double sum = sum8([&](int64_t j) { return static_cast<double>(xs[j]); }, n);
-  const auto mean = static_cast<float>(sum / static_cast<double>(n));
-  const double sq = sum8(
-      [&](int64_t j) {
-        const float c = xs[j] - mean;
-        return static_cast<double>(c * c);
-      },
-      n);
-  // As the torch-op form: unbiased variance, float32 sqrt, + 1e-6 in float32, one division.
-  const float sd = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1)));
-  return {mean, sd + 1e-6f};
+void sample_stats4_generic(const float* const xs[4], int64_t n, float mean[4], float denom[4]) {
+  double p[4][8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int s = 0; s < 4; ++s)
+      for (int k = 0; k < 8; ++k) p[s][k] += static_cast<double>(xs[s][j + k]);
+  for (int s = 0; s < 4; ++s)
+    for (int64_t jj = j, k = 0; jj < n; ++jj, ++k) p[s][k] += static_cast<double>(xs[s][jj]);
+  float m[4];
+  for (int s = 0; s < 4; ++s) {
+    const double* q = p[s];
+    const double sum = ((q[0] + q[4]) + (q[1] + q[5])) + ((q[2] + q[6]) + (q[3] + q[7]));
+    m[s] = static_cast<float>(sum / static_cast<double>(n));
+  }
+  double v[4][8] = {};
+  for (j = 0; j + 8 <= n; j += 8)
+    for (int s = 0; s < 4; ++s)
+      for (int k = 0; k < 8; ++k) {
+        const float c = xs[s][j + k] - m[s];
+        v[s][k] += static_cast<double>(c * c);
+      }
+  for (int s = 0; s < 4; ++s)
+    for (int64_t jj = j, k = 0; jj < n; ++jj, ++k) {
+      const float c = xs[s][jj] - m[s];
+      v[s][k] += static_cast<double>(c * c);
+    }
+  for (int s = 0; s < 4; ++s) {
+    const double* q = v[s];
+    const double sq = ((q[0] + q[4]) + (q[1] + q[5])) + ((q[2] + q[6]) + (q[3] + q[7]));
+    mean[s] = m[s];
+    denom[s] = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1))) + 1e-6f;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_HAVE_STATS_AVX512 1
+/// sample_stats4_generic with AVX-512 (GCC scalarized the generic form's second pass): lane k of
+/// sample s's register is partial sum p[s][k], the same float64 additions in the same order (a
+/// masked tail adds +0 to the lanes past n, which leaves a sum that started at +0 unchanged), and
+/// the same pairwise combination.
+// GCC 12's _mm512_cvtps_pd passes an undefined merge vector and warns about it (a false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f,avx512vl"))) void sample_stats4_avx512(const float* const xs[4], int64_t n, float mean[4],
+                                                             float denom[4]) {
+  __m512d p[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+  alignas(64) double q[8];
+#define CSIPOSE_COMBINE8(v) \
+  (_mm512_store_pd(q, (v)), ((q[0] + q[4]) + (q[1] + q[5])) + ((q[2] + q[6]) + (q[3] + q[7])))
+  const int64_t full = n / 8 * 8;
+  const __mmask8 tail = static_cast<__mmask8>((1u << (n - full)) - 1u);
+  for (int64_t j = 0; j < full; j += 8)
+    for (int s = 0; s < 4; ++s) p[s] = _mm512_add_pd(p[s], _mm512_cvtps_pd(_mm256_loadu_ps(xs[s] + j)));
+  if (tail != 0)
+    for (int s = 0; s < 4; ++s)
+      p[s] = _mm512_add_pd(p[s], _mm512_cvtps_pd(_mm256_maskz_loadu_ps(tail, xs[s] + full)));
+  __m256 m[4];
+  float mf[4];
+  for (int s = 0; s < 4; ++s) {
+    mf[s] = static_cast<float>(CSIPOSE_COMBINE8(p[s]) / static_cast<double>(n));
+    m[s] = _mm256_set1_ps(mf[s]);
+    p[s] = _mm512_setzero_pd();
+  }
+  for (int64_t j = 0; j < full; j += 8)
+    for (int s = 0; s < 4; ++s) {
+      const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(xs[s] + j), m[s]);
+      p[s] = _mm512_add_pd(p[s], _mm512_cvtps_pd(_mm256_mul_ps(c, c)));
+    }
+  if (tail != 0)
+    for (int s = 0; s < 4; ++s) {
+      const __m256 c = _mm256_sub_ps(_mm256_maskz_loadu_ps(tail, xs[s] + full), m[s]);
+      p[s] = _mm512_mask_add_pd(p[s], tail, p[s], _mm512_cvtps_pd(_mm256_mul_ps(c, c)));
+    }
+  for (int s = 0; s < 4; ++s) {
+    mean[s] = mf[s];
+    denom[s] = std::sqrt(static_cast<float>(CSIPOSE_COMBINE8(p[s]) / static_cast<double>(n - 1))) + 1e-6f;
+  }
+#undef CSIPOSE_COMBINE8
+}
+#pragma GCC diagnostic pop
+#endif
+
+void sample_stats4(const float* const xs[4], int64_t n, float mean[4], float denom[4]) {
+#ifdef CSIPOSE_HAVE_STATS_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  if (avx512) return sample_stats4_avx512(xs, n, mean, denom);
+#endif
+  sample_stats4_generic(xs, n, mean, denom);
+}
+
+/// f(i, mean, denom) for every sample i in [b, e) with its statistics, computed four samples at a
+/// time (sample_stats4).
+template <typename F>
+void for_samples_with_stats(const float* src, int64_t n, int64_t b, int64_t e, const F& f) {
+  for (int64_t i0 = b; i0 < e; i0 += 4) {
+    const int64_t count = std::min<int64_t>(4, e - i0);
+    const float* xs[4];
+    for (int s = 0; s < 4; ++s) xs[s] = src + (i0 + std::min<int64_t>(s, count - 1)) * n;
+    float mean[4], denom[4];
+    sample_stats4(xs, n, mean, denom);
+    for (int64_t s = 0; s < count; ++s) f(i0 + s, mean[s], denom[s]);
+  }
 }
 }  // namespace
 
@@ -274,11 +359,10 @@ torch::Tensor standardized_tokens(const torch::Tensor& x) {
   torch::Tensor out = torch::empty({N, T, A * S}, x.options());
   const float* src = xc.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const auto [mean, denom] = sample_stats(src + i * n, n);
+  at::parallel_for(0, N, 4, [&](int64_t b, int64_t e) {
+    for_samples_with_stats(src, n, b, e, [&](int64_t i, float mean, float denom) {
       tokens_of_sample(src + i * n, dst + i * n, A * S, T, mean, denom);
-    }
+    });
   });
   return out;
 }
@@ -293,14 +377,13 @@ torch::Tensor standardized_tokens_int8(const torch::Tensor& x, const QuantParams
   const float* src = xc.data_ptr<float>();
   int8_t* dst = out.data_ptr<int8_t>();
   std::atomic<bool> bad{false};
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, 4, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> tokens;  // one sample's float tokens, in L1
     tokens.resize(static_cast<size_t>(n));
-    for (int64_t i = b; i < e; ++i) {
-      const auto [mean, denom] = sample_stats(src + i * n, n);
+    for_samples_with_stats(src, n, b, e, [&](int64_t i, float mean, float denom) {
       tokens_of_sample(src + i * n, tokens.data(), A * S, T, mean, denom);
       if (!quantize_span(tokens.data(), n, dst + i * n, point, r)) bad.store(true);
-    }
+    });
   });
   CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   return out;

@@ -230,6 +230,39 @@ TEST(PoseTransformer, Int8TokensAreTheQuantizedTokens) {
   EXPECT_NE(msg.find("non-finite"), std::string::npos) << msg;
 }
 
+// The tokens' statistics by their definition (float64 sums in 8 partial sums, j mod 8, combined
+// pairwise; float32 mean; unbiased float32 sqrt + 1e-6), sample by sample, equal the batched
+// kernel's bit for bit whatever samples share its four-sample blocks (batches of 1..9 samples of
+// different scales and offsets).
+TEST(PoseTransformer, TokenStatisticsFollowTheirDefinitionInAnyBatch) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor base = csi_batch(9);
+  const torch::Tensor x = base * torch::linspace(0.01, 300.0, 9).view({9, 1, 1, 1}) +
+                          torch::linspace(-50.0, 50.0, 9).view({9, 1, 1, 1});
+  const int64_t n = x[0].numel();
+  std::vector<torch::Tensor> want;
+  for (int64_t i = 0; i < 9; ++i) {
+    const torch::Tensor xi = x[i].contiguous();
+    const float* v = xi.data_ptr<float>();
+    double p[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t j = 0; j < n; ++j) p[j % 8] += static_cast<double>(v[j]);
+    const auto mean = static_cast<float>((((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))) /
+                                         static_cast<double>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      const float c = v[j] - mean;
+      q[j % 8] += static_cast<double>(c * c);
+    }
+    const double sq = ((q[0] + q[4]) + (q[1] + q[5])) + ((q[2] + q[6]) + (q[3] + q[7]));
+    const float denom = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1))) + 1e-6f;
+    want.push_back(((xi - mean) / denom).permute({2, 0, 1}).reshape({1, xi.size(2), -1}));
+  }
+  const torch::Tensor all = torch::cat(want, 0);
+  for (int64_t b = 1; b <= 9; ++b)
+    for (int64_t start = 0; start + b <= 9; start += b)
+      EXPECT_TRUE(torch::equal(standardized_tokens(x.narrow(0, start, b)), all.narrow(0, start, b)))
+          << "batch " << b << " from " << start;
+}
+
 TEST(PoseTransformer, EvalIsDeterministicTrainUsesDropout) {
   PoseTransformer m = make("pose_flagship");
   const torch::Tensor x = csi_batch(3);
