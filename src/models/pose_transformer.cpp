@@ -418,18 +418,17 @@ torch::Tensor PoseSelfAttentionImpl::forward_int8(const torch::Tensor& x) {
   if (!into_q || !into_k || !into_w || !into_v || into_q->rounding != into_w->rounding ||
       !int8_chain_input(this, device, training) || !int8_chain_input(out_proj.get(), device, training))
     return {};
-  // q, k, v leave the in-projection as the codes of the products' input points.
-  const torch::Tensor qkv = int8_linear_split(this, x, {*into_q, *into_k, *into_v}, training);
+  // q, k, v leave the in-projection as the codes of the products' input points, each laid out
+  // (N, H, T, hd) already.
+  const torch::Tensor qkv = int8_linear_split(this, x, {*into_q, *into_k, *into_v}, heads_, training);
   if (!qkv.defined()) return {};
-  const auto parts = qkv.chunk(3, /*dim=*/-1);
-  auto split_heads = [&](const torch::Tensor& t) { return t.reshape({N, T, heads_, hd}).transpose(1, 2); };
-  const torch::Tensor q = split_heads(parts[0]), k = split_heads(parts[1]), v = split_heads(parts[2]);
+  const torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   const torch::Tensor w = int8_attention_probs(*scores_mm, *context_mm, /*input=*/0, q, k.transpose(-2, -1),
                                                static_cast<float>(std::sqrt(static_cast<double>(hd))), {}, {},
                                                training);
   CSIPOSE_CHECK(w.defined(), "PoseSelfAttention: the int8 attention probabilities did not run");
   // The context product hands out_proj its input codes; the heads are merged as int8.
-  const torch::Tensor o = int8_matmul_chain(*context_mm, w, v, out_proj.get(), training);
+  const torch::Tensor o = int8_matmul_chain(*context_mm, w, v, out_proj.get(), /*merge_heads=*/true, training);
   CSIPOSE_CHECK(o.defined(), "PoseSelfAttention: the int8 context product did not run");
   return int8_chain_forward({{out_proj.get()}}, o.transpose(1, 2).reshape({N, T, d}), training);
 }

@@ -1388,11 +1388,26 @@ torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_q
     for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = c_out;
+    // Split heads: (G, leading..., H, T, O / (G H)) with T = x.size(-2) (see Int8Output::heads).
+    const int64_t heads = out_spec.heads;
+    int64_t seq = 1, head_dim = 0;
+    if (heads > 0) {
+      CSIPOSE_CHECK(out_spec.int8 && column_groups > 0 && x.dim() >= 2 && c_out % (column_groups * heads) == 0,
+                    "int8_op_fused: split heads need int8 output, column tables and an input (..., T, in) whose "
+                    "outputs split into groups x heads, got ", heads, " heads for ", c_out, " outputs");
+      seq = x.size(-2);
+      head_dim = c_out / (column_groups * heads);
+      shape.pop_back();
+      shape.pop_back();
+      shape.insert(shape.begin(), column_groups);
+      shape.insert(shape.end(), {heads, seq, head_dim});
+    }
     torch::Tensor y = torch::empty(shape, out_options);
     if (rows == 0) return y;
     const int8_t* wp = wq.data_ptr<int8_t>();
     float* dst_f = out_spec.int8 ? nullptr : y.data_ptr<float>();
     int8_t* dst_q = out_spec.int8 ? y.data_ptr<int8_t>() : nullptr;
+    const int64_t lead = rows / seq;  // leading items (split heads)
     std::atomic<bool> bad{false};
     // Rows [r0, r1): int8 input (quantized into per-thread scratch unless the codes came in), the
     // int32 sums in per-thread scratch, the requantization into y.
@@ -1418,6 +1433,23 @@ torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_q
         onednn_s8_gemm_raw(g);
       } else {
         std::fill(acc_buf.begin(), acc_buf.end(), 0);
+      }
+      if (heads > 0) {
+        // The row's codes in scratch, then each head's span to its place: row (item, t) of
+        // group g, head h at ((g * lead + item) * H + h) * T + t.
+        thread_local std::vector<int8_t> codes_buf;
+        codes_buf.resize(static_cast<size_t>(m * c_out));
+        requantize_rows(acc_buf.data(), m, c_out, comp, w.bias_q, mult, out_qp, r, nullptr, codes_buf.data(), nullptr,
+                        out_spec.column_tables.data(), column_groups);
+        for (int64_t row = r0; row < r1; ++row) {
+          const int64_t item = row / seq, t = row % seq;
+          const int8_t* src = codes_buf.data() + (row - r0) * c_out;
+          for (int64_t g = 0; g < column_groups; ++g)
+            for (int64_t h = 0; h < heads; ++h)
+              std::memcpy(dst_q + (((g * lead + item) * heads + h) * seq + t) * head_dim, src + (g * heads + h) * head_dim,
+                          static_cast<size_t>(head_dim));
+        }
+        return;
       }
       requantize_rows(acc_buf.data(), m, c_out, comp, w.bias_q, mult, out_qp, r, dst_f ? dst_f + r0 * c_out : nullptr,
                       dst_q ? dst_q + r0 * c_out : nullptr, out_spec.int8 ? out_spec.table : nullptr,
@@ -1750,24 +1782,39 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
 
 torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
                                 const QuantParams& b_qp, const QuantParams& out_qp, const QuantParams& p_qp,
-                                Rounding r) {
+                                Rounding r, bool merge_heads) {
   RECORD_FUNCTION("csipose::int8_matmul_codes", std::vector<c10::IValue>());
   check_activation_params(p_qp, "int8_matmul_codes");
   const MatmulRaw mr = matmul_raw("int8_matmul_codes", a, a_qp, b, b_qp, out_qp, r);
-  torch::Tensor y = torch::empty(mr.out_shape, a.options().dtype(torch::kInt8));
+  CSIPOSE_CHECK(!merge_heads || mr.out_shape.size() == 4, "int8_matmul_codes: merging heads needs a (B, H, m, n) product");
+  // Merged heads: memory (B, m, H, n), returned as its (B, H, m, n) view.
+  std::vector<int64_t> layout = mr.out_shape;
+  if (merge_heads) std::swap(layout[1], layout[2]);
+  torch::Tensor y = torch::empty(layout, a.options().dtype(torch::kInt8));
+  if (merge_heads) y = y.transpose(1, 2);
   if (y.numel() == 0) return y;
   int8_t* yp = y.data_ptr<int8_t>();
   const int64_t mn = mr.m * mr.n;
+  const int64_t heads = merge_heads ? mr.out_shape[1] : 1;
   std::atomic<bool> bad{false};
   at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
     // One product at a time through an L1-sized float block: the dequantized output
     // int8_matmul_float returns, then the next input point's quantization.
     thread_local std::vector<float> rows;
+    thread_local std::vector<int8_t> codes;
     rows.resize(static_cast<size_t>(mn));
+    codes.resize(static_cast<size_t>(mn));
     bool finite = true;
     for (int64_t bi = b0; bi < b1; ++bi) {
       matmul_requantize(mr, a_qp, b_qp, out_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
-      finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+      if (!merge_heads) {
+        finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+        continue;
+      }
+      finite = quantize_into_serial(rows.data(), mn, codes.data(), p_qp, r) && finite;
+      const int64_t item = bi / heads, h = bi % heads;  // row i goes to ((item * m + i) * H + h) * n
+      for (int64_t i = 0; i < mr.m; ++i)
+        std::memcpy(yp + ((item * mr.m + i) * heads + h) * mr.n, codes.data() + i * mr.n, static_cast<size_t>(mr.n));
     }
     if (!finite) bad.store(true);
   });

@@ -187,7 +187,12 @@ struct Int8Output {
   /// Int8 output of a linear op whose output columns go to different next points (the pose
   /// transformer's in-projection: q, k and v): G tables split the O outputs into G equal groups,
   /// column c's codes mapped through column_tables[c / (O / G)] (null: unchanged). Instead of `table`.
-  std::vector<const int8_t*> column_tables;
+  std::vector<const int8_t*> column_tables = {};
+  /// With column tables and H > 0 heads: the output split into attention heads, laid out
+  /// (G, leading..., H, T, O / (G H)) for an input (leading..., T, in), so that group g's heads
+  /// (the pose transformer's q, k, v as (N, H, T, head_dim)) are contiguous without a copy; column
+  /// (g H + h) head_dim + j of input row (..., t) goes to [g][...][h][t][j].
+  int64_t heads = 0;
 };
 /// int8_op_float with int8 activations allowed on both sides (an int8 chain, quant/qmodules.h):
 /// x float32 (quantized here with in_qp) or int8 (codes at in_qp in [qmin, qmax], as the previous op
@@ -227,10 +232,12 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
 /// quantize_tensor(int8_matmul_float(a, a_qp, b, b_qp, out_qp, r), p_qp, r) bit for bit, without
 /// the float output: each product's dequantized block is quantized with the next op's input point
 /// p_qp while in cache (the pose transformer's context product handing codes to out_proj). int8
-/// (batch..., m, n), row-major. Only where int8_fused_available.
+/// (batch..., m, n), row-major; with merge_heads (a (B, H, m, n) product) laid out as (B, m, H, n)
+/// instead and returned as its transpose(1, 2) view, so that the heads' concatenation
+/// `y.transpose(1, 2).reshape({B, m, H * n})` is free. Only where int8_fused_available.
 torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp, const torch::Tensor& b,
                                 const QuantParams& b_qp, const QuantParams& out_qp, const QuantParams& p_qp,
-                                Rounding r = Rounding::half_even);
+                                Rounding r = Rounding::half_even, bool merge_heads = false);
 
 // ---- fake-quant references (float32), for agreement tests ---------------------------------------
 // fake_quantize(op(fake_quantize(x, in_qp), fake_quantize(w, w_qp), dequantize_bias(quantize_bias(b))),

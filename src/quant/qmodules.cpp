@@ -644,29 +644,31 @@ std::optional<Int8ChainInput> int8_matmul_input(QMatmulImpl& mm, int input, cons
 }
 
 torch::Tensor int8_linear_split(Quantizable* op, const torch::Tensor& x, const std::vector<Int8ChainInput>& to,
-                                bool training) {
+                                int64_t heads, bool training) {
   if (to.empty() || !x.defined() || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kChar) ||
       std::string(op->op_kind()) != "linear" || !chain_runnable({{op}}, x.device(), training))
     return {};
   QuantHook& hook = *op->hook;
   const auto& s = hook.int8_on(x.device());
-  if (s.packed->out_channels() % static_cast<int64_t>(to.size()) != 0) return {};
+  const auto groups = static_cast<int64_t>(to.size());
+  if (s.packed->out_channels() % (groups * std::max<int64_t>(heads, 1)) != 0 || (heads > 0 && x.dim() < 2)) return {};
   ++chain_runs();
   Int8Output out;
   out.int8 = true;
   for (const Int8ChainInput& t : to)  // no table where the codes carry over unchanged
     out.column_tables.push_back(t.point == *s.output ? nullptr : hook.chain_table(Int8Between::identity, t.point, t.rounding));
+  out.heads = heads;
   return int8_op_fused(x, s.inputs[0], *s.packed, *s.output, nullptr, out, hook.activation_rounding());
 }
 
 torch::Tensor int8_matmul_chain(QMatmulImpl& mm, const torch::Tensor& a, const torch::Tensor& b, Quantizable* next,
-                                bool training) {
+                                bool merge_heads, bool training) {
   const auto in0 = int8_matmul_input(mm, 0, a.device(), training);
   const auto into = int8_chain_input(next, a.device(), training);
   if (!in0 || !into || b.device() != a.device()) return {};
   const auto* s = mm.hook->int8_state();
   ++chain_runs();
-  return int8_matmul_codes(a, s->inputs[0], b, s->inputs[1], *s->output, into->point, into->rounding);
+  return int8_matmul_codes(a, s->inputs[0], b, s->inputs[1], *s->output, into->point, into->rounding, merge_heads);
 }
 
 std::optional<QuantParams> int8_chain_output(Quantizable* op, const torch::Device& device, bool training) {

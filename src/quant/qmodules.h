@@ -312,15 +312,17 @@ std::optional<Int8ChainInput> int8_matmul_input(QMatmulImpl& mm, int input, cons
 /// A linear op whose output columns feed different next points: int8 codes (..., O), the O outputs
 /// split into to.size() equal groups and group g's codes those of to[g] (through the identity: the
 /// codes the next op would make of the dequantized output). The pose transformer's in-projection,
-/// whose q, k and v columns go to the two attention products. Undefined unless `op` runs as an
-/// int8 chain (see int8_chain_forward) and O divides evenly.
+/// whose q, k and v columns go to the two attention products. With heads > 0, laid out per group
+/// and head as Int8Output::heads says ((G, leading..., H, T, head_dim) for x (leading..., T, in)),
+/// else (leading..., O). Undefined unless `op` runs as an int8 chain (see int8_chain_forward) and O
+/// divides evenly.
 torch::Tensor int8_linear_split(Quantizable* op, const torch::Tensor& x, const std::vector<Int8ChainInput>& to,
-                                bool training);
+                                int64_t heads, bool training);
 /// A converted matmul's product a @ b (float32 or int8 codes at its input points) as the codes of
 /// `next`'s input point (int8_matmul_codes: what `next` would make of the float product), for a
-/// linear op after it. Undefined unless both run int8 chains.
+/// linear op after it; merge_heads as int8_matmul_codes. Undefined unless both run int8 chains.
 torch::Tensor int8_matmul_chain(QMatmulImpl& mm, const torch::Tensor& a, const torch::Tensor& b, Quantizable* next,
-                                bool training);
+                                bool merge_heads, bool training);
 /// The attention probabilities of a converted model as int8 codes at `context`'s input point
 /// `input` (0 or 1): int8_matmul_softmax of `scores`' product s = a @ b, softmax(s / divisor *
 /// scale[c] + shift[c]) over the last dimension (c along dimension 1; divisor 1, scale / shift

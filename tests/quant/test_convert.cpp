@@ -435,6 +435,11 @@ TEST(Int8Backend, FusedAttentionProbabilitiesAreTheComposedOps) {
         const torch::Tensor codes = int8_matmul_codes(got, p_qp, v.transpose(2, 3), v_qp, s_qp, next_qp, r);
         ASSERT_EQ(codes.scalar_type(), torch::kInt8);
         EXPECT_TRUE(torch::equal(codes, quantize_tensor(ctx, next_qp, r))) << "codes, zp " << zp;
+        // Merged heads: the same codes, laid out so that the heads' concatenation is a view.
+        const torch::Tensor merged =
+            int8_matmul_codes(got, p_qp, v.transpose(2, 3), v_qp, s_qp, next_qp, r, /*merge_heads=*/true);
+        EXPECT_TRUE(torch::equal(merged, codes)) << "merged heads, zp " << zp;
+        EXPECT_TRUE(merged.transpose(1, 2).is_contiguous());
         EXPECT_TRUE(torch::equal(int8_matmul_codes(q, q_qp, k, k_qp, s_qp, next_qp, r),
                                  quantize_tensor(int8_matmul_float(q, q_qp, k, k_qp, s_qp, r), next_qp, r)))
             << "float operands, zp " << zp;
@@ -635,6 +640,22 @@ TEST(Int8Chain, FusedOpsTakeAndGiveTheReferenceCodes) {
       if (i % 3 == 2) cols.copy_(map_codes(cols.contiguous(), shift));
     }
     EXPECT_TRUE(torch::equal(int8_op_fused(x_lin, in, wl, out, nullptr, split), want)) << g << " groups";
+  }
+  // Split heads: 2 groups x 2 heads of 4 outputs, laid out (G, 3, H, T = 5, 4): each group's heads
+  // contiguous, the codes of the plain split output moved to their places.
+  {
+    Int8Output split;
+    split.int8 = true;
+    split.column_tables = {relu.data(), nullptr};
+    split.heads = 2;
+    torch::Tensor want = plain.clone();
+    want.narrow(-1, 0, 8).copy_(map_codes(want.narrow(-1, 0, 8).contiguous(), relu));
+    const torch::Tensor got = int8_op_fused(x_lin, in, wl, out, nullptr, split);
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{2, 3, 2, 5, 4}));
+    EXPECT_TRUE(got.is_contiguous());
+    EXPECT_TRUE(torch::equal(got, want.view({3, 5, 2, 2, 4}).permute({2, 0, 3, 1, 4})));
+    split.heads = 3;  // 16 outputs do not split into 2 x 3 heads
+    EXPECT_THROW(int8_op_fused(x_lin, in, wl, out, nullptr, split), Error);
   }
   Int8Output uneven;
   uneven.int8 = true;
