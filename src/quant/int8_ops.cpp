@@ -1760,19 +1760,29 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
     // One product at a time through an L1-sized float row block: requantize + dequantize (the
     // scores int8_matmul_float returns), softmax (row_softmax's kernel), quantize (the next input
     // point); the float scores never reach memory.
+    // Products in blocks of ~16 KiB of float rows (a pose head's product is 10 x 10: one pass per
+    // product paid more in per-call setup than in arithmetic); the softmax per product (its
+    // channel's affine map) or, without one, per block.
+    const int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(mn, 1));
     thread_local std::vector<float> rows;
-    rows.resize(static_cast<size_t>(mn));
+    rows.resize(static_cast<size_t>(std::min(block, b1 - b0) * mn));
     bool finite = true;
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      matmul_requantize(mr, a_qp, b_qp, s_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
-      if (divisor != 1.0f) {
-        float* v = rows.data();
-        for (int64_t e = 0; e < mn; ++e) v[e] = v[e] / divisor;  // IEEE division, as ATen's tensor / scalar
+    for (int64_t p0 = b0; p0 < b1; p0 += block) {
+      const int64_t p1 = std::min(b1, p0 + block), count = (p1 - p0) * mn;
+      float* v = rows.data();
+      matmul_requantize(mr, a_qp, b_qp, s_qp, r, p0, p1, [&](int64_t bi) { return v + (bi - p0) * mn; });
+      if (divisor != 1.0f)
+        for (int64_t e = 0; e < count; ++e) v[e] = v[e] / divisor;  // IEEE division, as ATen's tensor / scalar
+      if (affine) {
+        for (int64_t bi = p0; bi < p1; ++bi) {
+          const int64_t c = (bi / per_channel) % channels;
+          float* pv = v + (bi - p0) * mn;
+          softmax_rows(pv, pv, mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f, true);
+        }
+      } else {
+        softmax_rows(v, v, (p1 - p0) * mr.m, mr.n, 1.0f, 0.0f, false);
       }
-      const int64_t c = affine ? (bi / per_channel) % channels : 0;
-      softmax_rows(rows.data(), rows.data(), mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f,
-                   affine);
-      finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+      finite = quantize_into_serial(v, count, yp + p0 * mn, p_qp, r) && finite;
     }
     if (!finite) bad.store(true);
   });
@@ -1800,21 +1810,27 @@ torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp,
   at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
     // One product at a time through an L1-sized float block: the dequantized output
     // int8_matmul_float returns, then the next input point's quantization.
+    // Products in blocks of ~16 KiB of float rows, quantized in one call per block.
+    const int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(mn, 1));
     thread_local std::vector<float> rows;
     thread_local std::vector<int8_t> codes;
-    rows.resize(static_cast<size_t>(mn));
-    codes.resize(static_cast<size_t>(mn));
+    rows.resize(static_cast<size_t>(std::min(block, b1 - b0) * mn));
+    codes.resize(rows.size());
     bool finite = true;
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      matmul_requantize(mr, a_qp, b_qp, out_qp, r, bi, bi + 1, [&](int64_t) { return rows.data(); });
+    for (int64_t p0 = b0; p0 < b1; p0 += block) {
+      const int64_t p1 = std::min(b1, p0 + block), count = (p1 - p0) * mn;
+      matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return rows.data() + (bi - p0) * mn; });
       if (!merge_heads) {
-        finite = quantize_into_serial(rows.data(), mn, yp + bi * mn, p_qp, r) && finite;
+        finite = quantize_into_serial(rows.data(), count, yp + p0 * mn, p_qp, r) && finite;
         continue;
       }
-      finite = quantize_into_serial(rows.data(), mn, codes.data(), p_qp, r) && finite;
-      const int64_t item = bi / heads, h = bi % heads;  // row i goes to ((item * m + i) * H + h) * n
-      for (int64_t i = 0; i < mr.m; ++i)
-        std::memcpy(yp + ((item * mr.m + i) * heads + h) * mr.n, codes.data() + i * mr.n, static_cast<size_t>(mr.n));
+      finite = quantize_into_serial(rows.data(), count, codes.data(), p_qp, r) && finite;
+      for (int64_t bi = p0; bi < p1; ++bi) {
+        const int64_t item = bi / heads, h = bi % heads;  // row i goes to ((item * m + i) * H + h) * n
+        const int8_t* src = codes.data() + (bi - p0) * mn;
+        for (int64_t i = 0; i < mr.m; ++i)
+          std::memcpy(yp + ((item * mr.m + i) * heads + h) * mr.n, src + i * mr.n, static_cast<size_t>(mr.n));
+      }
     }
     if (!finite) bad.store(true);
   });
