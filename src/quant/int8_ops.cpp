@@ -639,6 +639,20 @@ CSIPOSE_VBMI void apply_lut_vbmi(int8_t* dst, int64_t n, const int8_t* table) {
   }
 }
 
+/// apply_lut_vbmi on `width` codes at each of `rows` rows `stride` apart (one table load).
+CSIPOSE_VBMI void apply_lut_rows_vbmi(int8_t* dst, int64_t rows, int64_t stride, int64_t width, const int8_t* table) {
+  const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+  const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+  const int64_t full = width / 64 * 64;
+  const __mmask64 m = width > full ? (~0ULL) >> (64 - (width - full)) : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int8_t* row = dst + r * stride;
+    for (int64_t i = 0; i < full; i += 64)
+      _mm512_storeu_si512(row + i, lut_vbmi(_mm512_loadu_si512(row + i), t0, t1, t2, t3));
+    if (m != 0) _mm512_mask_storeu_epi8(row + full, m, lut_vbmi(_mm512_maskz_loadu_epi8(m, row + full), t0, t1, t2, t3));
+  }
+}
+
 bool cpu_has_vbmi() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vbmi");
@@ -796,9 +810,18 @@ void requant_rows_even(const int32_t* src, int64_t row0, int64_t rows, int64_t n
 /// dst[i] = table[bit pattern of dst[i]] (an Int8Output table), in place.
 void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu_has_vbmi()) return apply_lut_vbmi(dst, n, table);
+  if (cpu_has_vbmi() && use_avx512_kernels()) return apply_lut_vbmi(dst, n, table);
 #endif
   for (int64_t i = 0; i < n; ++i) dst[i] = table[static_cast<uint8_t>(dst[i])];
+}
+
+/// apply_lut on `width` codes at each of `rows` rows `stride` apart.
+void apply_lut_rows(int8_t* dst, int64_t rows, int64_t stride, int64_t width, const int8_t* table) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_vbmi() && use_avx512_kernels()) return apply_lut_rows_vbmi(dst, rows, stride, width, table);
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < width; ++i) dst[r * stride + i] = table[static_cast<uint8_t>(dst[r * stride + i])];
 }
 
 /// round() of a float with the contract's tie rule, as round_tensor does elementwise.
@@ -1024,10 +1047,11 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
                      const std::vector<float>& mult, const QuantParams& out, Rounding r, float* dst_f, int8_t* dst_q,
                      const int8_t* table, const int8_t* const* group_tables = nullptr, int64_t groups = 0) {
   const int64_t group_width = groups > 0 ? o / groups : o;
-  const auto map_row = [&](int8_t* row) {
-    if (table != nullptr) apply_lut(row, o, table);
+  // Rows [b, e) of codes through the table(s), one call per block and table.
+  const auto map_rows = [&](int64_t b, int64_t e) {
+    if (table != nullptr) apply_lut(dst_q + b * o, (e - b) * o, table);
     for (int64_t g = 0; g < groups; ++g)
-      if (group_tables[g] != nullptr) apply_lut(row + g * group_width, group_width, group_tables[g]);
+      if (group_tables[g] != nullptr) apply_lut_rows(dst_q + b * o + g * group_width, e - b, o, group_width, group_tables[g]);
   };
   // acc + bias fits int32 (pack_weight's bound): the per-channel constant is exact in int64 and
   // its 32-bit pattern added with wrapping gives acc + bias (see requant_span_even).
@@ -1053,7 +1077,6 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
       if (r == Rounding::half_even) {
         if (dst_q != nullptr) {
           requant_span_even_q(s_row, add32p, mvp, o, zp, lo, hi, dst_q + row * o);
-          map_row(dst_q + row * o);
         } else {
           requant_span_even(s_row, add32p, mvp, o, zp, lo, hi, s_out, dst_f + row * o);
         }
@@ -1069,8 +1092,8 @@ void requantize_rows(const int32_t* src, int64_t m, int64_t o, const torch::Tens
           dst_f[row * o + c] = (u - zp) * s_out;  // dequantize: float(q - zp) * scale
         }
       }
-      if (dst_q != nullptr) map_row(dst_q + row * o);
     }
+    if (dst_q != nullptr) map_rows(b, e);
   });
 }
 
