@@ -9,6 +9,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "common/check.h"
 #include "quant/int8_ops.h"
 
@@ -63,6 +67,83 @@ void layer_norm_row(const float* x, const float* res, const float* gamma, const 
   for (int64_t i = 0; i < d; ++i) y[i] = (v[i] - mean) * rstd * gamma[i] + beta[i];
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CSIPOSE_HAVE_NORM_AVX512 1
+// GCC 12's extract / convert intrinsics pass an undefined merge vector and warn about it (a false
+// positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/// layer_norm_row with explicit AVX-512 (the generic form's partial sums and tree compiled to
+/// spills and scalar code): lane k is partial sum k, masked tails add +0 (a sum that started at +0
+/// stays unchanged) or nothing, the tree is the same pairwise combination, and every element takes
+/// the same float32 operations in the same order. The same bits (tested).
+/// x + res (res may be null) at j, lanes outside m zero.
+__attribute__((target("avx512f"), always_inline)) inline __m512 norm_value(const float* x, const float* res, int64_t j,
+                                                                         __mmask16 m) {
+  const __m512 a = _mm512_maskz_loadu_ps(m, x + j);
+  return res != nullptr ? _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, res + j)) : a;
+}
+
+/// The partial sums' tree: p[k] += p[k + 8], then + 4, + 2, + 1.
+__attribute__((target("avx512f"), always_inline)) inline float norm_tree(__m512 p) {
+  const __m256 a =
+      _mm256_add_ps(_mm512_castps512_ps256(p), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+__attribute__((target("avx512f"))) void layer_norm_row_avx512(const float* x, const float* res, const float* gamma,
+                                                              const float* beta, float eps, int64_t d, float* v,
+                                                              float* y) {
+  const int64_t full = d / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (d - full)) - 1u);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < full; j += 16) {
+    const __m512 vj = norm_value(x, res, j, 0xFFFF);
+    _mm512_storeu_ps(v + j, vj);
+    acc = _mm512_add_ps(acc, vj);
+  }
+  if (tail != 0) {
+    const __m512 vj = norm_value(x, res, full, tail);
+    _mm512_mask_storeu_ps(v + full, tail, vj);
+    acc = _mm512_add_ps(acc, vj);  // +0 in the lanes past d
+  }
+  const float n = static_cast<float>(d);
+  const float mean = norm_tree(acc) / n;
+  const __m512 mv = _mm512_set1_ps(mean);
+  __m512 sq = _mm512_setzero_ps();
+  for (int64_t j = 0; j < full; j += 16) {
+    const __m512 c = _mm512_sub_ps(_mm512_loadu_ps(v + j), mv);
+    sq = _mm512_add_ps(sq, _mm512_mul_ps(c, c));
+  }
+  if (tail != 0) {
+    const __m512 c = _mm512_sub_ps(_mm512_maskz_loadu_ps(tail, v + full), mv);
+    sq = _mm512_mask_add_ps(sq, tail, sq, _mm512_mul_ps(c, c));
+  }
+  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(norm_tree(sq) / n + eps));
+  for (int64_t j = 0; j < d; j += 16) {
+    const __mmask16 m = j + 16 <= d ? static_cast<__mmask16>(0xFFFF) : tail;
+    const __m512 c = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, v + j), mv);
+    const __m512 o = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(c, rstd), _mm512_maskz_loadu_ps(m, gamma + j)),
+                                   _mm512_maskz_loadu_ps(m, beta + j));
+    _mm512_mask_storeu_ps(y + j, m, o);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+using NormRow = void (*)(const float*, const float*, const float*, const float*, float, int64_t, float*, float*);
+
+/// The explicit AVX-512 row where the CPU has it and set_int8_avx512_kernels leaves it on.
+NormRow norm_row() {
+#ifdef CSIPOSE_HAVE_NORM_AVX512
+  if (int8_avx512_kernels_active()) return layer_norm_row_avx512;
+#endif
+  return layer_norm_row;
+}
+
 /// Whether the row kernel applies (else torch ops).
 bool kernel_applies(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& gamma,
                     const torch::Tensor& beta) {
@@ -102,6 +183,7 @@ bool run_rows(const torch::Tensor& x, const torch::Tensor& residual, const torch
   const float* bp = bc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const auto e = static_cast<float>(eps);
+  const NormRow row_kernel = norm_row();
   std::atomic<bool> bad{false};
   // Rows in blocks of ~16 KiB: normalized, then quantized in one call per block while in L1 (a
   // call per 64-value row cost more than the quantization).
@@ -111,7 +193,7 @@ bool run_rows(const torch::Tensor& x, const torch::Tensor& residual, const torch
       const int64_t i1 = std::min(en, i0 + block);
       for (int64_t i = i0; i < i1; ++i) {
         float* yi = yp + i * d;
-        layer_norm_row(xp + i * d, rp ? rp + i * d : nullptr, gp, bp, e, d, yi, yi);
+        row_kernel(xp + i * d, rp ? rp + i * d : nullptr, gp, bp, e, d, yi, yi);
       }
       if (codes != nullptr && !quantize_span(yp + i0 * d, (i1 - i0) * d, codes + i0 * d, *point, r)) bad.store(true);
     }
