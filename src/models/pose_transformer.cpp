@@ -552,27 +552,29 @@ torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::
   // move it: follow the input here instead (once per device / dtype change).
   if (adjacency_.device() != z.device() || adjacency_.scalar_type() != z.scalar_type())
     adjacency_ = adjacency_.to(z.device(), z.scalar_type());
-  std::vector<torch::Tensor> parts{z.unsqueeze(1).expand({N, K, z.size(1)})};  // (N, K, d)
-  if (je.defined()) parts.push_back(je.unsqueeze(0).expand({N, K, je.size(1)}));  // (N, K, e)
-  parts.push_back(kp0);                                                              // (N, K, 2)
-  // relu(linear(x)): converted, the ReLU is folded into the linear's requantization (an int8
-  // chain of one op, exact).
-  const auto linear_relu = [&](QLinear& l, const torch::Tensor& x) {
-    const torch::Tensor y = int8_chain_forward({{l.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
-    return y.defined() ? y : torch::relu(l(x));
-  };
-  const torch::Tensor x = torch::cat(parts, /*dim=*/-1);  // (N, K, d + e + 2)
+  // inp's input: cat[z per joint (N, K, d), je (N, K, e), kp0 (N, K, 2)].
+  const std::vector<torch::Tensor> parts{z.unsqueeze(1), je.defined() ? je.unsqueeze(0) : torch::Tensor(), kp0};
+  const auto joints = [&](const torch::Tensor& part) { return part.expand({N, K, part.size(2)}); };
+  const torch::Device device = z.device();
   // Converted: int8 codes from inp to out. Each op's ReLU is the lower clamp of its output codes,
   // the adjacency product takes and gives codes (small_matmul_int8: the float products and sums of
   // small_matmul on the dequantized codes, the next op's input point) and g2 hands its ReLU codes
   // to out through a code table: no float activation between inp and out.
-  const auto from_inp = int8_chain_output(inp.get(), x.device(), is_training());
-  const auto from_g1 = int8_chain_output(g1.get(), x.device(), is_training());
-  const auto into_g1 = int8_chain_input(g1.get(), x.device(), is_training());
-  const auto into_g2 = int8_chain_input(g2.get(), x.device(), is_training());
-  if (from_inp && from_g1 && into_g1 && into_g2 && into_g1->rounding == into_g2->rounding &&
-      int8_chain_input(out.get(), x.device(), is_training()) && adjacency_.device().is_cpu()) {
-    torch::Tensor c = int8_chain_codes({{inp.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
+  const auto from_inp = int8_chain_output(inp.get(), device, is_training());
+  const auto from_g1 = int8_chain_output(g1.get(), device, is_training());
+  const auto into_g1 = int8_chain_input(g1.get(), device, is_training());
+  const auto into_g2 = int8_chain_input(g2.get(), device, is_training());
+  if (from_inp && from_g1 && into_g1 && into_g2 && into_g1->rounding == into_g2->rounding && z.device().is_cpu() &&
+      z.scalar_type() == torch::kFloat && kp0.scalar_type() == torch::kFloat &&
+      int8_chain_input(out.get(), device, is_training()) && adjacency_.device().is_cpu()) {
+    // inp's input codes: quantization is elementwise, so the codes of the concatenation are the
+    // concatenation of the parts' codes, and z's are made once per sample instead of per joint.
+    const auto into_inp = int8_chain_input(inp.get(), device, is_training());
+    std::vector<torch::Tensor> codes;
+    for (const torch::Tensor& part : parts)
+      if (part.defined()) codes.push_back(joints(quantize_tensor_cpu(part.contiguous(), into_inp->point, into_inp->rounding)));
+    torch::Tensor c = int8_chain_codes({{inp.get(), nullptr, -1, 0, Int8Between::relu}}, torch::cat(codes, -1),
+                                       is_training());
     c = small_matmul_int8(adjacency_, c, *from_inp, into_g1->point, into_g1->rounding);
     c = int8_chain_codes({{g1.get(), nullptr, -1, 0, Int8Between::relu}}, c, is_training());
     c = small_matmul_int8(adjacency_, c, *from_g1, into_g2->point, into_g2->rounding);
@@ -580,7 +582,16 @@ torch::Tensor PoseGraphRefineImpl::forward(const torch::Tensor& z, const torch::
         int8_chain_forward({{g2.get(), nullptr, -1, 0, Int8Between::relu}, {out.get()}}, c, is_training());
     return kp0 + refine_scale_ * torch::tanh(y);
   }
-  torch::Tensor f = linear_relu(inp, x);  // (N, K, g)
+  std::vector<torch::Tensor> floats;
+  for (const torch::Tensor& part : parts)
+    if (part.defined()) floats.push_back(joints(part));
+  // relu(linear(x)): converted, the ReLU is folded into the linear's requantization (an int8
+  // chain of one op, exact).
+  const auto linear_relu = [&](QLinear& l, const torch::Tensor& x) {
+    const torch::Tensor y = int8_chain_forward({{l.get(), nullptr, -1, 0, Int8Between::relu}}, x, is_training());
+    return y.defined() ? y : torch::relu(l(x));
+  };
+  torch::Tensor f = linear_relu(inp, torch::cat(floats, /*dim=*/-1));  // (N, K, g)
   f = linear_relu(g1, small_matmul(adjacency_, f));
   f = linear_relu(g2, small_matmul(adjacency_, f));
   return kp0 + refine_scale_ * torch::tanh(out(f));

@@ -847,14 +847,15 @@ TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
 // codes, the context product giving out_proj its codes, out_proj, the feed-forward and att taking
 // the codes that the LayerNorm before them made in its pass, and the keypoint head; 10 per
 // pose_micro forward: also the graph refinement, inp -> ReLU and g1 -> ReLU giving codes to the
-// int8 adjacency product and g2 -> ReLU -> out) and give the same outputs, bit for bit, as the
+// int8 adjacency product and g2 -> ReLU -> out; 22 per pose_flagship forward: four encoder layers,
+// the graph refinement with its joint embedding) and give the same outputs, bit for bit, as the
 // same model with every op dequantizing and the float functions in between. The attentions also
 // hand the softmax probabilities to their context product as int8 codes (2 per wiflow_tiny
-// forward, 1 per pose_nano forward).
+// forward, 1 per pose_nano / pose_micro forward, 4 per pose_flagship forward).
 TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
   BackendScope s(Int8BackendKind::onednn);
-  for (const auto& [preset, chains] : std::vector<std::pair<std::string, int64_t>>{{"wiflow_tiny", 10}, {"pose_nano", 7}, {"pose_micro", 10}}) {
+  for (const auto& [preset, chains] : std::vector<std::pair<std::string, int64_t>>{{"wiflow_tiny", 10}, {"pose_nano", 7}, {"pose_micro", 10}, {"pose_flagship", 22}}) {
     const Converted c = convert_preset(preset, 31);
     torch::NoGradGuard g;
     ASSERT_TRUE(int8_chaining());
@@ -874,7 +875,8 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
     EXPECT_TRUE(torch::equal(chained, portable)) << preset << " without the AVX-512 kernels";
     // The attentions fuse scores -> softmax -> probabilities codes while chains are on (twice:
     // with and without the kernels).
-    EXPECT_EQ(int8_attention_runs() - attention_before, 2 * (preset == "wiflow_tiny" ? 2 : 1)) << preset;
+    const int64_t attentions = preset == "wiflow_tiny" ? 2 : preset == "pose_flagship" ? 4 : 1;
+    EXPECT_EQ(int8_attention_runs() - attention_before, 2 * attentions) << preset;
     // Training mode and fake-quant models never chain.
     c.model->train();
     c.model->forward(c.x);
