@@ -834,6 +834,20 @@ TEST(Int8Chain, Avx512KernelsGiveTheReferenceBits) {
       EXPECT_THROW(int8_op_fused(bad, in, w1, out, &g, Int8Output{}), Error) << "conv len " << len;
       checks += 3;
     }
+    // quantize_span over 1..150 values: the 64-value unrolled steps and every tail, ties, clamps at
+    // both ends; a NaN or Inf anywhere (main steps or tail) is reported.
+    for (int64_t len = 1; len <= 150; ++len) {
+      const torch::Tensor x = quarters({len});
+      std::vector<int8_t> got(static_cast<size_t>(len));
+      ASSERT_TRUE(quantize_span(x.data_ptr<float>(), len, got.data(), in)) << "span len " << len;
+      const torch::Tensor want = quantize_tensor(x, in);
+      EXPECT_TRUE(torch::equal(torch::from_blob(got.data(), {len}, torch::kChar), want)) << "span len " << len << " avx512 " << on;
+      for (const int64_t at : {int64_t{0}, len / 2, len - 1}) {
+        torch::Tensor bad = x.clone();
+        bad[at] = (at % 2 == 0) ? NAN : -INFINITY;
+        EXPECT_FALSE(quantize_span(bad.data_ptr<float>(), len, got.data(), in)) << "span len " << len << " at " << at;
+      }
+    }
   }
   set_int8_avx512_kernels(true);
   EXPECT_EQ(int8_avx512_kernels_active(), had_avx512);
