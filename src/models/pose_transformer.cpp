@@ -328,8 +328,9 @@ __attribute__((target("avx512f,avx512vl"))) void sample_stats4_avx512(const floa
 
 void sample_stats4(const float* const xs[4], int64_t n, float mean[4], float denom[4]) {
 #ifdef CSIPOSE_HAVE_STATS_AVX512
+  // Where the CPU has it and set_int8_avx512_kernels leaves the explicit kernels on (tests compare).
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  if (avx512) return sample_stats4_avx512(xs, n, mean, denom);
+  if (avx512 && int8_avx512_kernels_active()) return sample_stats4_avx512(xs, n, mean, denom);
 #endif
   sample_stats4_generic(xs, n, mean, denom);
 }

@@ -257,10 +257,15 @@ TEST(PoseTransformer, TokenStatisticsFollowTheirDefinitionInAnyBatch) {
     want.push_back(((xi - mean) / denom).permute({2, 0, 1}).reshape({1, xi.size(2), -1}));
   }
   const torch::Tensor all = torch::cat(want, 0);
-  for (int64_t b = 1; b <= 9; ++b)
-    for (int64_t start = 0; start + b <= 9; start += b)
-      EXPECT_TRUE(torch::equal(standardized_tokens(x.narrow(0, start, b)), all.narrow(0, start, b)))
-          << "batch " << b << " from " << start;
+  // With the explicit AVX-512 statistics (where the CPU has them) and the portable loops.
+  for (const bool kernels : {true, false}) {
+    const bool before = set_int8_avx512_kernels(kernels);
+    for (int64_t b = 1; b <= 9; ++b)
+      for (int64_t start = 0; start + b <= 9; start += b)
+        EXPECT_TRUE(torch::equal(standardized_tokens(x.narrow(0, start, b)), all.narrow(0, start, b)))
+            << "batch " << b << " from " << start << " kernels " << kernels;
+    set_int8_avx512_kernels(before);
+  }
 }
 
 TEST(PoseTransformer, EvalIsDeterministicTrainUsesDropout) {
