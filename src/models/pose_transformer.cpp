@@ -661,8 +661,11 @@ torch::Tensor PoseTransformerImpl::encode_int8(torch::Tensor& h) {
                                                : static_cast<Quantizable*>(att.get());
     auto out = layers->ptr<PoseEncoderLayerImpl>(i)->forward_int8(x, xq, next);
     if (!out) {
-      CSIPOSE_CHECK(i == 0, "pose_transformer: encoder layer ", i, " cannot run int8 after layer 0 did");
-      return {};
+      // An op of this layer or the next one is a float island of the policy (or not converted):
+      // the float path from here on (the same values: x is this layer's float input).
+      for (size_t j = i; j < layers->size(); ++j) x = layers->ptr<PoseEncoderLayerImpl>(j)->forward(x);
+      h = x;
+      return att(x);
     }
     x = out->first;
     xq = out->second;

@@ -899,6 +899,41 @@ TEST(Int8Chain, ModelsGiveTheUnchainedOutputs) {
   }
 }
 
+// A policy's fp32 islands anywhere in a converted pose transformer (an encoder layer's op, an
+// attention product, att, the graph refinement, a whole layer's attention): the int8 path runs
+// where it can and the float ops elsewhere, and the outputs equal the unchained model's bit for
+// bit (nothing throws where an island breaks a hand-off).
+TEST(Int8Chain, PoseIslandsFallBackToTheFloatOps) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  BackendScope s(Int8BackendKind::onednn);
+  for (const std::string island : {"tf.layers.1.linear1", "tf.layers.0.self_attn.scores_mm", "att", "gr.g1",
+                                   "tf.layers.1.self_attn", "tf.layers.0.self_attn.out_proj"}) {
+    QuantPolicy policy;
+    QuantRule rule;
+    rule.match = island;
+    rule.sets_weights = rule.sets_activations = true;  // fp32 weights and activations
+    policy.rules = {rule};
+    const Converted c = convert_preset("pose_tiny", 57, policy);  // 2 encoder layers, graph refinement
+    // The island is really float: prepare gave it no hook (fp32 weights and activations).
+    bool found = false;
+    for (const auto& m : c.model->named_modules()) {
+      if (m.key() != island) continue;
+      const auto* q = dynamic_cast<const Quantizable*>(m.value().get());
+      ASSERT_TRUE(q != nullptr) << island;
+      EXPECT_FALSE(q->hook) << island;
+      found = true;
+    }
+    ASSERT_TRUE(found) << island;
+    torch::NoGradGuard g;
+    const torch::Tensor chained = c.model->forward(c.x);
+    set_int8_chaining(false);
+    const torch::Tensor plain = c.model->forward(c.x);
+    set_int8_chaining(true);
+    EXPECT_TRUE(torch::equal(chained, plain)) << island << ": max diff " << (chained - plain).abs().max().item<double>();
+    EXPECT_TRUE(torch::isfinite(chained).all().item<bool>()) << island;
+  }
+}
+
 // csipose's own parallel loops really use threads (CMake compiles with OpenMP: ATen's parallel_for
 // is a `#pragma omp parallel` template) and split work so that no result depends on the split:
 // converted models give the same bits on 1 and 2 threads, with one chunk per sample (many tasks)
