@@ -48,7 +48,6 @@ void layer_norm_row(const float* x, const float* res, const float* gamma, const 
   }
   const float n = static_cast<float>(d);
   const float mean = sum16(v, d) / n;
-  float sq[16];
   float acc[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 16 <= d; j += 16)
@@ -60,10 +59,9 @@ void layer_norm_row(const float* x, const float* res, const float* gamma, const 
     const float c = v[j] - mean;
     acc[k] += c * c;
   }
-  for (int k = 0; k < 16; ++k) sq[k] = acc[k];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int k = 0; k < w; ++k) sq[k] += sq[k + w];
-  const float rstd = 1.0f / std::sqrt(sq[0] / n + eps);
+  for (int w = 8; w >= 1; w /= 2)  // sum16's tree
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  const float rstd = 1.0f / std::sqrt(acc[0] / n + eps);
   for (int64_t i = 0; i < d; ++i) y[i] = (v[i] - mean) * rstd * gamma[i] + beta[i];
 }
 
@@ -215,7 +213,7 @@ torch::Tensor row_layer_norm(const torch::Tensor& x, const torch::Tensor& residu
 std::pair<torch::Tensor, torch::Tensor> row_layer_norm_int8(const torch::Tensor& x, const torch::Tensor& residual,
                                                             const torch::Tensor& gamma, const torch::Tensor& beta,
                                                             double eps, const QuantParams& point, Rounding r) {
-  CSIPOSE_CHECK(kernel_applies(x, residual, gamma, beta) && !(torch::GradMode::is_enabled() && x.requires_grad()),
+  CSIPOSE_CHECK(kernel_applies(x, residual, gamma, beta),
                 "row_layer_norm_int8: expected float32 CPU tensors of one shape (..., d) and gamma / beta of (d) "
                 "with no gradient, got ", x.sizes());
   CSIPOSE_CHECK(!point.per_channel(), "row_layer_norm_int8: a per-tensor point only");
