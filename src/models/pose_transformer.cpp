@@ -21,6 +21,7 @@
 #include "quant/row_layer_norm.h"
 #include "quant/row_softmax.h"
 #include "quant/small_matmul.h"
+#include "quant/token_codes.h"
 #include "common/config_node.h"
 
 namespace csipose {
@@ -379,11 +380,8 @@ torch::Tensor standardized_tokens_int8(const torch::Tensor& x, const QuantParams
   int8_t* dst = out.data_ptr<int8_t>();
   std::atomic<bool> bad{false};
   at::parallel_for(0, N, 4, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> tokens;  // one sample's float tokens, in L1
-    tokens.resize(static_cast<size_t>(n));
     for_samples_with_stats(src, n, b, e, [&](int64_t i, float mean, float denom) {
-      tokens_of_sample(src + i * n, tokens.data(), A * S, T, mean, denom);
-      if (!quantize_span(tokens.data(), n, dst + i * n, point, r)) bad.store(true);
+      if (!quantize_standardized_transposed(src + i * n, A * S, T, mean, denom, point, r, dst + i * n)) bad.store(true);
     });
   });
   CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
