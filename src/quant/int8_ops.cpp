@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -1676,9 +1677,10 @@ MatmulRaw matmul_raw(const char* op, const torch::Tensor& a, const QuantParams& 
   return mr;
 }
 
-/// The requantized, dequantized float32 rows of products [b0, b1) of mr (m rows of n each, row i of
-/// product bi at out + ((bi - b0) * m + i) * n, or at out_at(bi) when given): sum (a - za)(b - zb) =
-/// sum a b - za sum_k b - zb sum_k a + K za zb, then the contract's requantize and dequantize.
+/// The requantized, dequantized float32 rows of products [b0, b1) of mr (m rows of n each, product
+/// bi's rows at out_at(bi)): sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb,
+/// then the contract's requantize and dequantize. With T = int8_t the requantized codes at out_qp
+/// instead (no dequantize).
 template <typename Out>
 void matmul_requantize(const MatmulRaw& mr, const QuantParams& a_qp, const QuantParams& b_qp,
                        const QuantParams& out_qp, Rounding r, int64_t b0, int64_t b1, Out out_at) {
@@ -1699,7 +1701,7 @@ void matmul_requantize(const MatmulRaw& mr, const QuantParams& a_qp, const Quant
   int32_t* rs = rowsum.data();
   uint32_t* ad = add.data();
   for (int64_t bi = b0; bi < b1; ++bi) {
-    float* y = out_at(bi);
+    auto* y = out_at(bi);
     const int8_t* bb = mr.b + bi * k * n;
     const int8_t* aa = mr.a + bi * m * k;
     std::fill(cs, cs + n, 0);
@@ -1727,15 +1729,23 @@ void matmul_requantize(const MatmulRaw& mr, const QuantParams& a_qp, const Quant
       for (int64_t j = 0; j < n; ++j) arow[j] = row - za32 * static_cast<uint32_t>(cs[j]);
     }
     const int32_t* raw = mr.raw + bi * mn;
+    constexpr bool codes = std::is_same_v<std::remove_pointer_t<decltype(y)>, int8_t>;
     if (r == Rounding::half_even) {
-      requant_span_even(raw, ad, mults.data(), mn, zo, lo, hi, s_out, y);  // the whole product in one pass
+      // The whole product in one pass.
+      if constexpr (codes)
+        requant_span_even_q(raw, ad, mults.data(), mn, zo, lo, hi, y);
+      else
+        requant_span_even(raw, ad, mults.data(), mn, zo, lo, hi, s_out, y);
       continue;
     }
     for (int64_t e = 0; e < mn; ++e) {
       const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(raw[e]) + ad[e]);
       float u = round_one(static_cast<float>(acc) * mult, r) + zo;
       u = u < lo ? lo : (u > hi ? hi : u);
-      y[e] = (u - zo) * s_out;
+      if constexpr (codes)
+        y[e] = static_cast<int8_t>(u);
+      else
+        y[e] = (u - zo) * s_out;
     }
   }
 }
@@ -1840,25 +1850,29 @@ torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp,
   int8_t* yp = y.data_ptr<int8_t>();
   const int64_t mn = mr.m * mr.n;
   const int64_t heads = merge_heads ? mr.out_shape[1] : 1;
-  std::atomic<bool> bad{false};
+  // The next input point's code of each output code: quantize_span of its dequantized value (the
+  // float32 output int8_matmul_float returns), so the codes equal quantizing that output.
+  std::array<int8_t, 256> table{};
+  {
+    std::array<float, 256> dq{};
+    const float zo = static_cast<float>(out_qp.zero_point[0]), s_out = out_qp.scale[0];
+    for (int c = 0; c < 256; ++c) dq[static_cast<size_t>(c)] = (static_cast<float>(static_cast<int8_t>(c)) - zo) * s_out;
+    quantize_into_serial(dq.data(), 256, table.data(), p_qp, r);  // finite: dequantized codes
+  }
   at::parallel_for(0, mr.nb, matmul_grain(mr), [&](int64_t b0, int64_t b1) {
-    // One product at a time through an L1-sized float block: the dequantized output
-    // int8_matmul_float returns, then the next input point's quantization.
-    // Products in blocks of ~16 KiB of float rows, quantized in one call per block.
-    const int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(mn, 1));
-    thread_local std::vector<float> rows;
+    // Products in blocks of ~16 KiB of codes: requantized at out_qp, then mapped through the table.
+    const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(mn, 1));
     thread_local std::vector<int8_t> codes;
-    rows.resize(static_cast<size_t>(std::min(block, b1 - b0) * mn));
-    codes.resize(rows.size());
-    bool finite = true;
+    codes.resize(static_cast<size_t>(std::min(block, b1 - b0) * mn));
     for (int64_t p0 = b0; p0 < b1; p0 += block) {
       const int64_t p1 = std::min(b1, p0 + block), count = (p1 - p0) * mn;
-      matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return rows.data() + (bi - p0) * mn; });
       if (!merge_heads) {
-        finite = quantize_into_serial(rows.data(), count, yp + p0 * mn, p_qp, r) && finite;
+        matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return yp + bi * mn; });
+        apply_lut(yp + p0 * mn, count, table.data());
         continue;
       }
-      finite = quantize_into_serial(rows.data(), count, codes.data(), p_qp, r) && finite;
+      matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return codes.data() + (bi - p0) * mn; });
+      apply_lut(codes.data(), count, table.data());
       for (int64_t bi = p0; bi < p1; ++bi) {
         const int64_t item = bi / heads, h = bi % heads;  // row i goes to ((item * m + i) * H + h) * n
         const int8_t* src = codes.data() + (bi - p0) * mn;
@@ -1866,9 +1880,7 @@ torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp,
           std::memcpy(yp + ((item * mr.m + i) * heads + h) * mr.n, src + i * mr.n, static_cast<size_t>(mr.n));
       }
     }
-    if (!finite) bad.store(true);
   });
-  CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
   return y;
 }
 
