@@ -633,3 +633,34 @@ TEST(Int8Ops, PackWeightOnCudaMatchesCpu_CUDA) {
 
 }  // namespace
 }  // namespace csipose
+
+namespace csipose {
+namespace {
+
+// The attention products' zero-point terms (row sums of a, column sums of b, in a vectorized form
+// for rows up to 64 values): the requantized float products equal the integer reference's for
+// depths around that limit, b row- and column-major, with the explicit kernels on and off.
+TEST(Int8Ops, MatmulZeroPointTermsAtEveryDepth) {
+  const QuantParams a_qp = QuantParams::per_tensor(0.02f, -7, -128, 127);
+  const QuantParams b_qp = QuantParams::per_tensor(0.03f, 5, -128, 127);
+  const QuantParams out_qp = QuantParams::per_tensor(0.5f, 3, -128, 127);
+  torch::manual_seed(3);
+  for (const int64_t k : {1, 10, 24, 63, 64, 65, 130}) {
+    const torch::Tensor a = torch::randint(-128, 128, {2, 3, 5, k}).to(torch::kInt8);
+    const torch::Tensor b = torch::randint(-128, 128, {2, 3, k, 7}).to(torch::kInt8);
+    const torch::Tensor bt = torch::randint(-128, 128, {2, 3, 7, k}).to(torch::kInt8);  // b^T in memory
+    for (const torch::Tensor& rhs : {b, bt.transpose(2, 3)}) {
+      const torch::Tensor want = dequantize_tensor(int8_matmul(a, a_qp, rhs.contiguous(), b_qp, out_qp), out_qp);
+      for (const bool kernels : {true, false}) {
+        const bool before = set_int8_avx512_kernels(kernels);
+        const torch::Tensor got = int8_matmul_float(a, a_qp, rhs, b_qp, out_qp);
+        set_int8_avx512_kernels(before);
+        EXPECT_TRUE(torch::equal(got, want)) << "k " << k << " kernels " << kernels << " b contiguous "
+                                             << rhs.is_contiguous();
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace csipose
