@@ -21,6 +21,7 @@
 #include "quant/fake_quant.h"
 #include "quant/int8_backend.h"
 #include "quant/reference.h"
+#include "quant/token_codes.h"
 #include "quant/row_softmax.h"
 
 namespace csipose {
@@ -1850,7 +1851,7 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
       float* v = rows.data();
       matmul_requantize(mr, a_qp, b_qp, s_qp, r, p0, p1, [&](int64_t bi) { return v + (bi - p0) * mn; });
       if (divisor != 1.0f)
-        for (int64_t e = 0; e < count; ++e) v[e] = v[e] / divisor;  // IEEE division, as ATen's tensor / scalar
+        divide_span(v, count, divisor, v);  // IEEE division, as ATen's tensor / scalar (exact, fast)
       if (affine) {
         for (int64_t bi = p0; bi < p1; ++bi) {
           const int64_t c = (bi / per_channel) % channels;
