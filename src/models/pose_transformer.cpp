@@ -634,26 +634,48 @@ torch::Tensor PoseTransformerImpl::encode(const torch::Tensor& x) {
     if (const auto in = int8_chain_input(proj.get(), x.device(), is_training()))
       projected = int8_chain_forward({{proj.get()}}, standardized_tokens_int8(x, in->point, in->rounding), is_training());
   if (!projected.defined()) projected = proj(standardized_tokens(x));  // (N, T, d)
-  torch::Tensor h = projected + pos;                                  // (N, T, d)
-  torch::Tensor logits = encode_int8(h);  // converted: the layers hand on codes, att takes them
+  torch::Tensor h;
+  torch::Tensor logits = encode_int8(projected, h);  // converted: the layers hand on codes, att takes them
   if (!logits.defined()) {
-    h = tf(h);
+    h = tf(projected + pos);  // (N, T, d)
     logits = att(h);
   }
   const torch::Tensor w = torch::softmax(logits, /*dim=*/1);  // (N, T, 1)
   return (w * h).sum(/*dim=*/1);                              // (N, d)
 }
 
-torch::Tensor PoseTransformerImpl::encode_int8(torch::Tensor& h) {
-  if (is_training() || !h.device().is_cpu() || h.scalar_type() != torch::kFloat ||
-      (torch::GradMode::is_enabled() && h.requires_grad()))
+torch::Tensor PoseTransformerImpl::encode_int8(const torch::Tensor& projected, torch::Tensor& h) {
+  if (is_training() || !projected.device().is_cpu() || projected.scalar_type() != torch::kFloat ||
+      (torch::GradMode::is_enabled() && (projected.requires_grad() || pos.requires_grad())))
     return {};
   const auto& layers = tf->layers;
-  const auto into_first = int8_chain_input(layers->ptr<PoseEncoderLayerImpl>(0)->self_attn.get(), h.device(), false);
-  if (!into_first || !int8_chain_input(att.get(), h.device(), false)) return {};
+  const auto into_first = int8_chain_input(layers->ptr<PoseEncoderLayerImpl>(0)->self_attn.get(), projected.device(), false);
+  if (!into_first || !int8_chain_input(att.get(), projected.device(), false)) return {};
+  // h = projected + pos and the first layer's input codes, sample by sample while the sum is in L1
+  // (the float32 additions of ATen's broadcast add, then quantize_span: quantize_tensor's codes).
+  const torch::Tensor pc = projected.contiguous(), posc = pos.contiguous();
+  CSIPOSE_CHECK(pc.dim() == 3 && posc.numel() == pc.size(1) * pc.size(2), "pose_transformer: projected tokens ",
+                pc.sizes(), " do not match pos ", posc.sizes());
+  const int64_t N = pc.size(0), td = pc.size(1) * pc.size(2);
+  torch::Tensor x = torch::empty_like(pc), xq = torch::empty(pc.sizes(), pc.options().dtype(torch::kChar));
+  {
+    const float* src = pc.data_ptr<float>();
+    const float* pp = posc.data_ptr<float>();
+    float* dst = x.data_ptr<float>();
+    int8_t* codes = xq.data_ptr<int8_t>();
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(td, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float* s = src + i * td;
+        float* d = dst + i * td;
+        for (int64_t j = 0; j < td; ++j) d[j] = s[j] + pp[j];
+        if (!quantize_span(d, td, codes + i * td, into_first->point, into_first->rounding)) bad.store(true);
+      }
+    });
+    CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");
+  }
   // Each layer's output leaves with the codes of the next op's input point (the next layer's
   // in-projection, or att), made in its last LayerNorm's pass (row_layer_norm_int8).
-  torch::Tensor x = h, xq = quantize_tensor_cpu(h, into_first->point, into_first->rounding);
   for (size_t i = 0; i < layers->size(); ++i) {
     Quantizable* next = i + 1 < layers->size() ? static_cast<Quantizable*>(layers->ptr<PoseEncoderLayerImpl>(i + 1)->self_attn.get())
                                                : static_cast<Quantizable*>(att.get());

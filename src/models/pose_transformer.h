@@ -214,11 +214,12 @@ class PoseTransformerImpl : public PoseModelImpl {
 
  private:
   torch::Tensor encode(const torch::Tensor& x);      // (N, 3, 114, 10) -> pooled z (N, d)
-  /// Converted: h = projected + pos through the encoder with int8 codes between the layers;
-  /// replaces h by the encoder's output and returns att's logits. From the first layer that cannot
-  /// (a float island of the policy in it or in the op after it) the float ops run instead.
-  /// Undefined (h untouched) when the model does not run int8 chains at all.
-  torch::Tensor encode_int8(torch::Tensor& h);
+  /// Converted: h = projected + pos (the float sum and the first layer's input codes in one pass)
+  /// through the encoder with int8 codes between the layers; sets h to the encoder's output and
+  /// returns att's logits. From the first layer that cannot (a float island of the policy in it or
+  /// in the op after it) the float ops run instead. Undefined (h untouched) when the model does not
+  /// run int8 chains at all.
+  torch::Tensor encode_int8(const torch::Tensor& projected, torch::Tensor& h);
   torch::Tensor keypoints0(const torch::Tensor& z);  // z (N, d) -> sigmoid(head(z)) (N, K, 2)
   PoseTransformerConfig config_;
 };
