@@ -641,23 +641,23 @@ CSIPOSE_VBMI void apply_lut_vbmi(int8_t* dst, int64_t n, const int8_t* table) {
   }
 }
 
-/// apply_lut_vbmi on `width` codes at each of `rows` rows `stride` apart (one table load).
-CSIPOSE_VBMI void apply_lut_rows_vbmi(int8_t* dst, int64_t rows, int64_t stride, int64_t width, const int8_t* table) {
+/// dst row r = table[src row r] for `width` codes of `rows` rows (src / dst rows src_stride /
+/// dst_stride apart; src may be dst), one table load.
+CSIPOSE_VBMI void lut_rows_copy_vbmi(const int8_t* src, int64_t src_stride, int8_t* dst, int64_t dst_stride,
+                                     int64_t rows, int64_t width, const int8_t* table) {
   const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
   const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
   const int64_t full = width / 64 * 64;
   const __mmask64 m = width > full ? (~0ULL) >> (64 - (width - full)) : 0;
   for (int64_t r = 0; r < rows; ++r) {
-    int8_t* row = dst + r * stride;
+    const int8_t* in = src + r * src_stride;
+    int8_t* out = dst + r * dst_stride;
     for (int64_t i = 0; i < full; i += 64)
-      _mm512_storeu_si512(row + i, lut_vbmi(_mm512_loadu_si512(row + i), t0, t1, t2, t3));
-    if (m != 0) _mm512_mask_storeu_epi8(row + full, m, lut_vbmi(_mm512_maskz_loadu_epi8(m, row + full), t0, t1, t2, t3));
+      _mm512_storeu_si512(out + i, lut_vbmi(_mm512_loadu_si512(in + i), t0, t1, t2, t3));
+    if (m != 0) _mm512_mask_storeu_epi8(out + full, m, lut_vbmi(_mm512_maskz_loadu_epi8(m, in + full), t0, t1, t2, t3));
   }
 }
 
-/// row_sums_i8 for k <= 64: a row in one masked load; with each byte's sign bit flipped the bytes
-/// are x + 128 as unsigned (the masked-off lanes read 0 and flip to 128), vpsadbw sums them in eight
-/// 64-bit lanes, so the row's sum is the total minus 64 * 128.
 // GCC 12's _mm512_reduce_add_epi64 reads an undefined vector (GCC bug 105593, a false positive).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -852,13 +852,22 @@ void apply_lut(int8_t* dst, int64_t n, const int8_t* table) {
   for (int64_t i = 0; i < n; ++i) dst[i] = table[static_cast<uint8_t>(dst[i])];
 }
 
-/// apply_lut on `width` codes at each of `rows` rows `stride` apart.
-void apply_lut_rows(int8_t* dst, int64_t rows, int64_t stride, int64_t width, const int8_t* table) {
+/// dst row r = table[src row r] for `width` codes of `rows` rows, src / dst rows src_stride /
+/// dst_stride apart (src may be dst).
+void lut_rows_copy(const int8_t* src, int64_t src_stride, int8_t* dst, int64_t dst_stride, int64_t rows,
+                   int64_t width, const int8_t* table) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu_has_vbmi() && use_avx512_kernels()) return apply_lut_rows_vbmi(dst, rows, stride, width, table);
+  if (cpu_has_vbmi() && use_avx512_kernels())
+    return lut_rows_copy_vbmi(src, src_stride, dst, dst_stride, rows, width, table);
 #endif
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < width; ++i) dst[r * stride + i] = table[static_cast<uint8_t>(dst[r * stride + i])];
+    for (int64_t i = 0; i < width; ++i)
+      dst[r * dst_stride + i] = table[static_cast<uint8_t>(src[r * src_stride + i])];
+}
+
+/// apply_lut on `width` codes at each of `rows` rows `stride` apart.
+void apply_lut_rows(int8_t* dst, int64_t rows, int64_t stride, int64_t width, const int8_t* table) {
+  lut_rows_copy(dst, stride, dst, stride, rows, width, table);
 }
 
 /// out[r] = the sum of the k int8 values at x + r * stride, r < rows (the zero-point terms of the
@@ -1344,6 +1353,23 @@ namespace {
 
 constexpr int64_t kMinTaskBytes = 16 * 1024;
 
+/// memcpy of n bytes for the short spans of head layouts (a pose head's row is 8..64 bytes): two
+/// overlapping fixed-size copies instead of a library call per span.
+inline void copy_short(int8_t* dst, const int8_t* src, int64_t n) {
+  if (n >= 16 && n <= 32) {
+    std::memcpy(dst, src, 16);
+    std::memcpy(dst + n - 16, src + n - 16, 16);
+  } else if (n >= 8 && n < 16) {
+    std::memcpy(dst, src, 8);
+    std::memcpy(dst + n - 8, src + n - 8, 8);
+  } else if (n > 32 && n <= 64) {
+    std::memcpy(dst, src, 32);
+    std::memcpy(dst + n - 32, src + n - 32, 32);
+  } else {
+    std::memcpy(dst, src, static_cast<size_t>(n));
+  }
+}
+
 /// run(i0, i1) over [0, items) in chunks of about conv_chunk_bytes() (bytes_per_item each, at least
 /// one item), one chunk per task and every thread given work, unless that would make tasks of
 /// under kMinTaskBytes; few items are one call on the calling thread, whose stages then use all
@@ -1519,8 +1545,8 @@ torch::Tensor int8_op_fused_impl(const torch::Tensor& x, const QuantParams& in_q
           const int8_t* src = codes_buf.data() + (row - r0) * c_out;
           for (int64_t g = 0; g < column_groups; ++g)
             for (int64_t h = 0; h < heads; ++h)
-              std::memcpy(dst_q + (((g * lead + item) * heads + h) * seq + t) * head_dim, src + (g * heads + h) * head_dim,
-                          static_cast<size_t>(head_dim));
+              copy_short(dst_q + (((g * lead + item) * heads + h) * seq + t) * head_dim, src + (g * heads + h) * head_dim,
+                         head_dim);
         }
         return;
       }
@@ -1900,19 +1926,20 @@ torch::Tensor int8_matmul_codes(const torch::Tensor& a, const QuantParams& a_qp,
     thread_local std::vector<int8_t> codes;
     codes.resize(static_cast<size_t>(std::min(block, b1 - b0) * mn));
     for (int64_t p0 = b0; p0 < b1; p0 += block) {
-      const int64_t p1 = std::min(b1, p0 + block), count = (p1 - p0) * mn;
+      const int64_t p1 = std::min(b1, p0 + block);
       if (!merge_heads) {
+        const int64_t count = (p1 - p0) * mn;
         matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return yp + bi * mn; });
         apply_lut(yp + p0 * mn, count, table.data());
         continue;
       }
       matmul_requantize(mr, a_qp, b_qp, out_qp, r, p0, p1, [&](int64_t bi) { return codes.data() + (bi - p0) * mn; });
-      apply_lut(codes.data(), count, table.data());
+      // The table on the way to the merged layout: row i of product bi goes to
+      // ((item * m + i) * H + h) * n.
       for (int64_t bi = p0; bi < p1; ++bi) {
-        const int64_t item = bi / heads, h = bi % heads;  // row i goes to ((item * m + i) * H + h) * n
-        const int8_t* src = codes.data() + (bi - p0) * mn;
-        for (int64_t i = 0; i < mr.m; ++i)
-          std::memcpy(yp + ((item * mr.m + i) * heads + h) * mr.n, src + i * mr.n, static_cast<size_t>(mr.n));
+        const int64_t item = bi / heads, h = bi % heads;
+        lut_rows_copy(codes.data() + (bi - p0) * mn, mr.n, yp + (item * mr.m * heads + h) * mr.n, heads * mr.n, mr.m,
+                      mr.n, table.data());
       }
     }
   });
