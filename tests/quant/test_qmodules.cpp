@@ -360,10 +360,12 @@ TEST(RowLayerNorm, MatchesTheFloat64LayerNormOnEveryRowLength) {
     }
   }
   // The explicit AVX-512 row kernel (where the CPU has it) and the portable loops: the same bits,
-  // every row length 1..70, with and without the residual, NaN rows included.
+  // every row length 1..70, with and without the residual, NaN rows included (7 rows: a block of
+  // four interleaved rows, then single rows).
   for (int64_t d = 1; d <= 70; ++d) {
-    torch::Tensor x = torch::randn({5, d}) * 4 + 1, res = torch::randn({5, d});
+    torch::Tensor x = torch::randn({7, d}) * 4 + 1, res = torch::randn({7, d});
     x[2][d / 2] = NAN;
+    x[5][0] = NAN;
     const torch::Tensor gamma = torch::randn({d}), beta = torch::randn({d});
     const torch::Tensor fast = row_layer_norm(x, res, gamma, beta, 1e-5), fast_plain = row_layer_norm(x, {}, gamma, beta, 1e-5);
     const bool kernels = set_int8_avx512_kernels(false);
@@ -372,6 +374,8 @@ TEST(RowLayerNorm, MatchesTheFloat64LayerNormOnEveryRowLength) {
     EXPECT_TRUE(torch::equal(fast.nan_to_num(7.0), loops.nan_to_num(7.0))) << "d " << d;
     EXPECT_TRUE(torch::equal(fast_plain.nan_to_num(7.0), loops_plain.nan_to_num(7.0))) << "d " << d;
     EXPECT_TRUE(torch::isnan(fast[2]).all().item<bool>()) << "d " << d;
+    EXPECT_TRUE(torch::isnan(fast[5]).all().item<bool>()) << "d " << d;
+    EXPECT_FALSE(torch::isnan(fast[3]).any().item<bool>()) << "d " << d;
   }
   // Constant rows: zero variance, y = beta exactly ((v - mean) = 0).
   const torch::Tensor c = torch::full({2, 5}, 3.25f), beta = torch::randn({5});
