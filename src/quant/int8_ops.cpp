@@ -1878,14 +1878,14 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
       matmul_requantize(mr, a_qp, b_qp, s_qp, r, p0, p1, [&](int64_t bi) { return v + (bi - p0) * mn; });
       if (divisor != 1.0f)
         divide_span(v, count, divisor, v);  // IEEE division, as ATen's tensor / scalar (exact, fast)
-      if (affine) {
-        for (int64_t bi = p0; bi < p1; ++bi) {
-          const int64_t c = (bi / per_channel) % channels;
-          float* pv = v + (bi - p0) * mn;
-          softmax_rows(pv, pv, mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f, true);
-        }
-      } else {
-        softmax_rows(v, v, (p1 - p0) * mr.m, mr.n, 1.0f, 0.0f, false);
+      if (!affine) {
+        finite = softmax_rows_int8(v, (p1 - p0) * mr.m, mr.n, p_qp, r, yp + p0 * mn) && finite;
+        continue;
+      }
+      for (int64_t bi = p0; bi < p1; ++bi) {
+        const int64_t c = (bi / per_channel) % channels;
+        float* pv = v + (bi - p0) * mn;
+        softmax_rows(pv, pv, mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f, true);
       }
       finite = quantize_into_serial(v, count, yp + p0 * mn, p_qp, r) && finite;
     }

@@ -11,6 +11,12 @@
 #include <vector>
 
 #include "common/check.h"
+#include "quant/int8_ops.h"
+#include "quant/reference.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace csipose {
 namespace {
@@ -71,6 +77,121 @@ void normalize_row(float* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] *= inv;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CSIPOSE_HAVE_SOFTMAX_LANES 1
+#define CSIPOSE_LANES __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+// GCC 12 warns about the undefined merge source of unmasked intrinsics (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+bool cpu_has_lane_kernels() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
+
+/// exp_nonpositive on 16 lanes: the same float32 operations in the same order (no FMA).
+CSIPOSE_LANES inline __m512 exp_lanes(__m512 t) {
+  t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, _mm512_set1_ps(-87.0f), _CMP_LT_OQ), _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_add_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)), _mm512_set1_ps(0.5f)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(t, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                                 _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+}
+
+/// The byte permutes that put 16 rows' codes, held column by column (column j = 16 bytes, row i
+/// at byte i, columns back to back: byte 16 j + i), into row-major order (byte i n + j): output
+/// chunk c of 64 bytes takes byte idx[c][l] of the 256-byte column block (a table lookup into its
+/// four registers).
+struct ColumnsToRows {
+  alignas(64) uint8_t idx[4][64] = {};
+  explicit ColumnsToRows(int64_t n) {
+    for (int64_t pos = 0; pos < 16 * n; ++pos)
+      idx[pos / 64][pos % 64] = static_cast<uint8_t>((pos % n) * 16 + pos / n);
+  }
+};
+
+const ColumnsToRows& columns_to_rows(int64_t n) {
+  static const std::vector<ColumnsToRows> all = [] {
+    std::vector<ColumnsToRows> v;
+    for (int64_t k = 0; k <= 16; ++k) v.emplace_back(k);
+    return v;
+  }();
+  return all[static_cast<size_t>(n)];
+}
+
+/// table[idx] over a 256-byte table held in four registers (vpermi2b on bits 0-6, blend on bit 7).
+CSIPOSE_LANES inline __m512i lookup256(__m512i idx, __m512i t0, __m512i t1, __m512i t2, __m512i t3) {
+  const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);
+  const __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3);
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+}
+
+/// softmax_rows_int8 for `blocks` blocks of 16 rows of n <= 16 values (half-even rounding): false
+/// when a probability is not finite.
+CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n, const QuantParams& p, int8_t* codes) {
+  const __m512 inv = _mm512_set1_ps(inv_scale_of(p.scale[0])), zp = _mm512_set1_ps(static_cast<float>(p.zero_point[0]));
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(p.qmin)), hi = _mm512_set1_ps(static_cast<float>(p.qmax));
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+  const __m512i row_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32(static_cast<int>(n)));
+  const ColumnsToRows& ctr = columns_to_rows(n);
+  const int64_t chunks = (16 * n + 63) / 64;
+  __mmask16 finite = 0xFFFF;
+  alignas(64) int8_t cols[256];
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const float* xb = x + blk * 16 * n;
+    __m512 v[16];
+    // Column j of the block: element j of each of its 16 rows.
+    for (int64_t j = 0; j < n; ++j) v[j] = _mm512_i32gather_ps(row_offsets, xb + j, 4);
+    // shift_row: m = max over the row, NaNs skipped (out[j] > m keeps m), -inf rows -> NaN.
+    __m512 m = neg_inf;
+    for (int64_t j = 0; j < n; ++j) m = _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(v[j], m, _CMP_GT_OQ), v[j]);
+    m = _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(m, neg_inf, _CMP_EQ_OQ),
+                           _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+    // The exponentials, then normalize_row: the sum in index order, times its reciprocal.
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      v[j] = exp_lanes(_mm512_sub_ps(v[j], m));
+      s = _mm512_add_ps(s, v[j]);
+    }
+    const __m512 rs = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 pr = _mm512_mul_ps(v[j], rs);
+      finite &= static_cast<__mmask16>(_mm512_cmp_ps_mask(_mm512_abs_ps(pr), fmax, _CMP_LE_OQ));
+      // quantize_span's operations: * inv, round half even, + zp, max lo, min hi, truncate, pack.
+      const __m512 u = _mm512_roundscale_ps(_mm512_mul_ps(pr, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm_store_si128(reinterpret_cast<__m128i*>(cols + 16 * j),
+                      _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(u, zp))))));
+    }
+    const __m512i t0 = _mm512_load_si512(cols), t1 = _mm512_load_si512(cols + 64), t2 = _mm512_load_si512(cols + 128),
+                  t3 = _mm512_load_si512(cols + 192);
+    int8_t* out = codes + blk * 16 * n;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512i o = lookup256(_mm512_load_si512(ctr.idx[c]), t0, t1, t2, t3);
+      const int64_t left = 16 * n - 64 * c;
+      if (left >= 64)
+        _mm512_storeu_si512(out + 64 * c, o);
+      else
+        _mm512_mask_storeu_epi8(out + 64 * c, (~0ULL) >> (64 - left), o);
+    }
+  }
+  return finite == 0xFFFF;
+}
+#pragma GCC diagnostic pop
+#endif
+
 torch::Tensor reference(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift) {
   std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
   shape[1] = x.size(1);
@@ -91,6 +212,28 @@ void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, fl
     exp_nonpositive(y + b0 * n, (b1 - b0) * n);
     for (int64_t r = b0; r < b1; ++r) normalize_row(y + r * n, n);
   }
+}
+
+bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes) {
+  CSIPOSE_CHECK(!p.per_channel() && p.qmin >= -128 && p.qmax <= 127,
+                "softmax_rows_int8: needs per-tensor params with an int8 range");
+  if (rows <= 0 || n <= 0) return true;
+  int64_t done = 0;
+  bool finite = true;
+#ifdef CSIPOSE_HAVE_SOFTMAX_LANES
+  if (n <= 16 && r == Rounding::half_even && cpu_has_lane_kernels() && int8_avx512_kernels_active()) {
+    finite = softmax_codes_lanes(x, rows / 16, n, p, codes);
+    done = rows / 16 * 16;
+  }
+#endif
+  if (done < rows) {
+    thread_local std::vector<float> probs;
+    const int64_t left = rows - done;
+    probs.resize(static_cast<size_t>(left * n));
+    softmax_rows(x + done * n, probs.data(), left, n, 1.0f, 0.0f, false);
+    finite = quantize_span(probs.data(), left * n, codes + done * n, p, r) && finite;
+  }
+  return finite;
 }
 
 torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift) {

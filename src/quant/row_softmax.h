@@ -9,6 +9,8 @@
 // blocks of rows: the exponentials of a whole block are one flat vectorized loop.
 #include <torch/types.h>
 
+#include "quant/quant_spec.h"
+
 namespace csipose {
 
 /// softmax(x * scale[c] + shift[c], dim = -1), where c is the index along dimension 1 and scale /
@@ -28,5 +30,13 @@ torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale = {
 /// softmax(x * a + b) (affine) or softmax(x), written to y (which may be x). The same float
 /// operations as row_softmax, so the same bits for the same row and (a, b).
 void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, float b, bool affine);
+
+/// softmax_rows(x, tmp, rows, n, 1, 0, false) then quantize_span(tmp, rows * n, codes, p, r): the
+/// attention probabilities' codes (p per-tensor, an int8 range). False (codes unspecified) when a
+/// probability is not finite (a row holding a NaN). With AVX-512 VBMI, half-even rounding and
+/// n <= 16 (a pose head's rows of 10 frames) blocks of 16 rows run with a row per vector lane:
+/// the columns gathered, max / exponential / index-order sum / reciprocal product / quantization
+/// lane by lane with the same float32 operations, the codes transposed back with byte permutes.
+bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes);
 
 }  // namespace csipose

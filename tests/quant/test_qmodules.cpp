@@ -7,9 +7,11 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "quant/fake_quant.h"
+#include "quant/int8_ops.h"
 #include "quant/qmodules.h"
 #include "quant/row_layer_norm.h"
 #include "quant/row_softmax.h"
@@ -321,6 +323,63 @@ TEST(RowSoftmax, NanRowsAndFallbacks) {
   (torch::softmax(x2 * a2.view({1, 3, 1}), -1) * torch::arange(5.0)).sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), x2.grad()));
   EXPECT_TRUE(torch::allclose(a.grad(), a2.grad()));
+}
+
+// The attention probabilities' codes: softmax_rows then quantize_span, code for code, for every
+// row length through the lane-per-row blocks (n <= 16) and past them, row counts with and without
+// a partial block, wide scores (exponentials clamped at -87), -inf entries, rows of equal scores
+// and both roundings; a NaN row is refused (false), wherever it sits.
+TEST(RowSoftmax, Int8CodesAreTheQuantizedProbabilities) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(9);
+  const QuantParams p = QuantParams::per_tensor(1.0f / 255.0f, -128, -128, 127);
+  const QuantParams coarse = QuantParams::per_tensor(0.0625f, -3, -100, 100);
+  for (const int64_t n : {1, 2, 7, 10, 15, 16, 17, 24}) {
+    for (const int64_t rows : {1, 15, 16, 33, 160}) {
+      torch::Tensor x = torch::randn({rows, n}) * 4;
+      if (rows > 20) {
+        x[3] = torch::randn({n}) * 200;  // far below the row maximum: exponentials clamped
+        x[17] = torch::full({n}, 0.5f);  // equal scores
+        if (n > 1) x[18][0] = -std::numeric_limits<float>::infinity();  // (a row of -inf alone is NaN)
+      }
+      x = x.contiguous();
+      for (const QuantParams& q : {p, coarse})
+        for (const Rounding r : {Rounding::half_even, Rounding::half_away}) {
+          std::vector<float> probs(static_cast<size_t>(rows * n));
+          softmax_rows(x.data_ptr<float>(), probs.data(), rows, n, 1.0f, 0.0f, false);
+          std::vector<int8_t> want(probs.size()), got(probs.size() + 8, 42);
+          ASSERT_TRUE(quantize_span(probs.data(), rows * n, want.data(), q, r));
+          for (const bool kernels : {true, false}) {
+            const bool before = set_int8_avx512_kernels(kernels);
+            const bool ok = softmax_rows_int8(x.data_ptr<float>(), rows, n, q, r, got.data());
+            set_int8_avx512_kernels(before);
+            ASSERT_TRUE(ok);
+            for (size_t i = 0; i < want.size(); ++i)
+              ASSERT_EQ(got[i], want[i]) << "n " << n << " rows " << rows << " element " << i << " kernels " << kernels;
+            for (size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], 42) << "wrote past the end";
+          }
+        }
+      for (const int64_t bad_row : {int64_t{0}, rows - 1}) {
+        torch::Tensor y = x.clone();
+        y[bad_row][n / 2] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<int8_t> codes(static_cast<size_t>(rows * n));
+        for (const bool kernels : {true, false}) {
+          const bool before = set_int8_avx512_kernels(kernels);
+          EXPECT_FALSE(softmax_rows_int8(y.data_ptr<float>(), rows, n, p, Rounding::half_even, codes.data()))
+              << "n " << n << " rows " << rows << " NaN row " << bad_row;
+          set_int8_avx512_kernels(before);
+        }
+      }
+    }
+  }
+  // Many rows of a pose head's length (a probability far enough off to change a code somewhere).
+  const torch::Tensor big = (torch::randn({20000, 10}) * 3).contiguous();
+  std::vector<float> probs(200000);
+  softmax_rows(big.data_ptr<float>(), probs.data(), 20000, 10, 1.0f, 0.0f, false);
+  std::vector<int8_t> want(probs.size()), got(probs.size());
+  ASSERT_TRUE(quantize_span(probs.data(), 200000, want.data(), p, Rounding::half_even));
+  ASSERT_TRUE(softmax_rows_int8(big.data_ptr<float>(), 20000, 10, p, Rounding::half_even, got.data()));
+  EXPECT_EQ(got, want);
 }
 
 // ---- row_layer_norm -------------------------------------------------------------------------------
