@@ -221,14 +221,21 @@ namespace {
 #endif
 
 /// x[a][s][t] -> tokens[t][a * S + s] = (x - mean) / denom for one sample (as = a * S + s): the
-/// same float32 subtraction and division per element on every ISA clone (nothing to contract),
-/// written row by row of the output so that the stores are contiguous and the loop vectorizes.
+/// float32 subtraction per element on every ISA clone, written row by row of the output so that
+/// the stores are contiguous and the loop vectorizes, then the division of each row by
+/// divide_span (the IEEE quotient, bit for bit, without a vdivps per 16 values where AVX-512 has
+/// the multiply-and-correct form).
 CSIPOSE_TOKEN_CLONES
-void tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, float mean, float denom) {
+void centered_tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, float mean) {
   for (int64_t t = 0; t < T; ++t) {
     float* row = os + t * as_count;
-    for (int64_t as = 0; as < as_count; ++as) row[as] = (xs[as * T + t] - mean) / denom;
+    for (int64_t as = 0; as < as_count; ++as) row[as] = xs[as * T + t] - mean;
   }
+}
+
+void tokens_of_sample(const float* xs, float* os, int64_t as_count, int64_t T, float mean, float denom) {
+  centered_tokens_of_sample(xs, os, as_count, T, mean);
+  divide_span(os, as_count * T, denom, os);
 }
 
 }  // namespace
