@@ -1923,12 +1923,19 @@ torch::Tensor int8_matmul_softmax(const torch::Tensor& a, const QuantParams& a_q
         finite = softmax_rows_int8(v, (p1 - p0) * mr.m, mr.n, p_qp, r, yp + p0 * mn) && finite;
         continue;
       }
+      // Each row's channel map (row_softmax's channel of product bi is (bi / per_channel) % channels).
+      thread_local std::vector<float> row_a, row_b;
+      row_a.resize(static_cast<size_t>((p1 - p0) * mr.m));
+      row_b.resize(row_a.size());
       for (int64_t bi = p0; bi < p1; ++bi) {
         const int64_t c = (bi / per_channel) % channels;
-        float* pv = v + (bi - p0) * mn;
-        softmax_rows(pv, pv, mr.m, mr.n, ap != nullptr ? ap[c] : 1.0f, bp != nullptr ? bp[c] : 0.0f, true);
+        const float ac = ap != nullptr ? ap[c] : 1.0f, bc = bp != nullptr ? bp[c] : 0.0f;
+        for (int64_t i = 0; i < mr.m; ++i) {
+          row_a[static_cast<size_t>((bi - p0) * mr.m + i)] = ac;
+          row_b[static_cast<size_t>((bi - p0) * mr.m + i)] = bc;
+        }
       }
-      finite = quantize_into_serial(v, count, yp + p0 * mn, p_qp, r) && finite;
+      finite = softmax_rows_int8(v, (p1 - p0) * mr.m, mr.n, p_qp, r, yp + p0 * mn, row_a.data(), row_b.data()) && finite;
     }
     if (!finite) bad.store(true);
   });

@@ -110,21 +110,33 @@ CSIPOSE_LANES inline __m512 exp_lanes(__m512 t) {
 }
 
 /// The byte permutes that put 16 rows' codes, held column by column (column j = 16 bytes, row i
-/// at byte i, columns back to back: byte 16 j + i), into row-major order (byte i n + j): output
-/// chunk c of 64 bytes takes byte idx[c][l] of the 256-byte column block (a table lookup into its
-/// four registers).
+/// at byte i, columns back to back: byte 16 j + i of a block of up to 512 bytes), into row-major
+/// order (byte i n + j): lane l of output chunk c (64 bytes) takes block byte src = (pos % n) * 16 +
+/// pos / n, pos = 64 c + l: from the first 256 bytes (idx_lo, a lookup into four registers) or,
+/// where hi_mask has the lane, from the next 256 (idx_hi).
 struct ColumnsToRows {
-  alignas(64) uint8_t idx[4][64] = {};
+  alignas(64) uint8_t idx_lo[8][64] = {};
+  alignas(64) uint8_t idx_hi[8][64] = {};
+  uint64_t hi_mask[8] = {};
   explicit ColumnsToRows(int64_t n) {
-    for (int64_t pos = 0; pos < 16 * n; ++pos)
-      idx[pos / 64][pos % 64] = static_cast<uint8_t>((pos % n) * 16 + pos / n);
+    for (int64_t pos = 0; pos < 16 * n; ++pos) {
+      const int64_t src = (pos % n) * 16 + pos / n, c = pos / 64, l = pos % 64;
+      if (src < 256) {
+        idx_lo[c][l] = static_cast<uint8_t>(src);
+      } else {
+        idx_hi[c][l] = static_cast<uint8_t>(src - 256);
+        hi_mask[c] |= 1ULL << l;
+      }
+    }
   }
 };
+
+constexpr int64_t kMaxLaneRow = 32;  ///< the longest row the lane kernel takes (WiFlow's 20 positions)
 
 const ColumnsToRows& columns_to_rows(int64_t n) {
   static const std::vector<ColumnsToRows> all = [] {
     std::vector<ColumnsToRows> v;
-    for (int64_t k = 0; k <= 16; ++k) v.emplace_back(k);
+    for (int64_t k = 0; k <= kMaxLaneRow; ++k) v.emplace_back(k);
     return v;
   }();
   return all[static_cast<size_t>(n)];
@@ -137,9 +149,11 @@ CSIPOSE_LANES inline __m512i lookup256(__m512i idx, __m512i t0, __m512i t1, __m5
   return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
 }
 
-/// softmax_rows_int8 for `blocks` blocks of 16 rows of n <= 16 values (half-even rounding): false
-/// when a probability is not finite.
-CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n, const QuantParams& p, int8_t* codes) {
+/// softmax_rows_int8 for `blocks` blocks of 16 rows of n <= 32 values (half-even rounding), rows
+/// mapped by x * a[row] + b[row] first when a / b are given (shift_row's affine form): false when a
+/// probability is not finite.
+CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n, const QuantParams& p, const float* ra,
+                                       const float* rb, int8_t* codes) {
   const __m512 inv = _mm512_set1_ps(inv_scale_of(p.scale[0])), zp = _mm512_set1_ps(static_cast<float>(p.zero_point[0]));
   const __m512 lo = _mm512_set1_ps(static_cast<float>(p.qmin)), hi = _mm512_set1_ps(static_cast<float>(p.qmax));
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
@@ -148,13 +162,18 @@ CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n
                                                  _mm512_set1_epi32(static_cast<int>(n)));
   const ColumnsToRows& ctr = columns_to_rows(n);
   const int64_t chunks = (16 * n + 63) / 64;
+  const bool wide = n > 16;  // the columns fill more than the first 256 bytes
   __mmask16 finite = 0xFFFF;
-  alignas(64) int8_t cols[256];
+  alignas(64) int8_t cols[16 * kMaxLaneRow];
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const float* xb = x + blk * 16 * n;
-    __m512 v[16];
-    // Column j of the block: element j of each of its 16 rows.
+    __m512 v[kMaxLaneRow];
+    // Column j of the block: element j of each of its 16 rows (x * a + b, as shift_row, when affine).
     for (int64_t j = 0; j < n; ++j) v[j] = _mm512_i32gather_ps(row_offsets, xb + j, 4);
+    if (ra != nullptr) {
+      const __m512 a = _mm512_loadu_ps(ra + blk * 16), b = _mm512_loadu_ps(rb + blk * 16);
+      for (int64_t j = 0; j < n; ++j) v[j] = _mm512_add_ps(_mm512_mul_ps(v[j], a), b);
+    }
     // shift_row: m = max over the row, NaNs skipped (out[j] > m keeps m), -inf rows -> NaN.
     __m512 m = neg_inf;
     for (int64_t j = 0; j < n; ++j) m = _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(v[j], m, _CMP_GT_OQ), v[j]);
@@ -179,7 +198,12 @@ CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n
                   t3 = _mm512_load_si512(cols + 192);
     int8_t* out = codes + blk * 16 * n;
     for (int64_t c = 0; c < chunks; ++c) {
-      const __m512i o = lookup256(_mm512_load_si512(ctr.idx[c]), t0, t1, t2, t3);
+      __m512i o = lookup256(_mm512_load_si512(ctr.idx_lo[c]), t0, t1, t2, t3);
+      if (wide && ctr.hi_mask[c] != 0)
+        o = _mm512_mask_blend_epi8(ctr.hi_mask[c], o,
+                                   lookup256(_mm512_load_si512(ctr.idx_hi[c]), _mm512_load_si512(cols + 256),
+                                             _mm512_load_si512(cols + 320), _mm512_load_si512(cols + 384),
+                                             _mm512_load_si512(cols + 448)));
       const int64_t left = 16 * n - 64 * c;
       if (left >= 64)
         _mm512_storeu_si512(out + 64 * c, o);
@@ -214,15 +238,18 @@ void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, fl
   }
 }
 
-bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes) {
+bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes,
+                       const float* row_scale, const float* row_shift) {
   CSIPOSE_CHECK(!p.per_channel() && p.qmin >= -128 && p.qmax <= 127,
                 "softmax_rows_int8: needs per-tensor params with an int8 range");
+  CSIPOSE_CHECK((row_scale == nullptr) == (row_shift == nullptr),
+                "softmax_rows_int8: give both the rows' scales and shifts, or neither");
   if (rows <= 0 || n <= 0) return true;
   int64_t done = 0;
   bool finite = true;
 #ifdef CSIPOSE_HAVE_SOFTMAX_LANES
-  if (n <= 16 && r == Rounding::half_even && cpu_has_lane_kernels() && int8_avx512_kernels_active()) {
-    finite = softmax_codes_lanes(x, rows / 16, n, p, codes);
+  if (n <= kMaxLaneRow && r == Rounding::half_even && cpu_has_lane_kernels() && int8_avx512_kernels_active()) {
+    finite = softmax_codes_lanes(x, rows / 16, n, p, row_scale, row_shift, codes);
     done = rows / 16 * 16;
   }
 #endif
@@ -230,7 +257,12 @@ bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParam
     thread_local std::vector<float> probs;
     const int64_t left = rows - done;
     probs.resize(static_cast<size_t>(left * n));
-    softmax_rows(x + done * n, probs.data(), left, n, 1.0f, 0.0f, false);
+    if (row_scale == nullptr) {
+      softmax_rows(x + done * n, probs.data(), left, n, 1.0f, 0.0f, false);
+    } else {
+      for (int64_t i = 0; i < left; ++i)
+        softmax_rows(x + (done + i) * n, probs.data() + i * n, 1, n, row_scale[done + i], row_shift[done + i], true);
+    }
     finite = quantize_span(probs.data(), left * n, codes + done * n, p, r) && finite;
   }
   return finite;

@@ -32,11 +32,15 @@ torch::Tensor row_softmax(const torch::Tensor& x, const torch::Tensor& scale = {
 void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, float a, float b, bool affine);
 
 /// softmax_rows(x, tmp, rows, n, 1, 0, false) then quantize_span(tmp, rows * n, codes, p, r): the
-/// attention probabilities' codes (p per-tensor, an int8 range). False (codes unspecified) when a
-/// probability is not finite (a row holding a NaN). With AVX-512 VBMI, half-even rounding and
-/// n <= 16 (a pose head's rows of 10 frames) blocks of 16 rows run with a row per vector lane:
-/// the columns gathered, max / exponential / index-order sum / reciprocal product / quantization
-/// lane by lane with the same float32 operations, the codes transposed back with byte permutes.
-bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes);
+/// attention probabilities' codes (p per-tensor, an int8 range). With row_scale / row_shift (both
+/// or neither; one entry per row) row i is softmax(x * row_scale[i] + row_shift[i]) as
+/// softmax_rows' affine form. False (codes unspecified) when a probability is not finite (a row
+/// holding a NaN). With AVX-512 VBMI, half-even rounding and n <= 32 (a pose head's rows of 10
+/// frames, WiFlow's of 10 and 20 positions) blocks of 16 rows run with a row per vector lane: the
+/// columns gathered, the affine map, max / exponential / index-order sum / reciprocal product /
+/// quantization lane by lane with the same float32 operations, the codes transposed back with
+/// byte permutes.
+bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParams& p, Rounding r, int8_t* codes,
+                       const float* row_scale = nullptr, const float* row_shift = nullptr);
 
 }  // namespace csipose

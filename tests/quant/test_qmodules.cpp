@@ -326,15 +326,16 @@ TEST(RowSoftmax, NanRowsAndFallbacks) {
 }
 
 // The attention probabilities' codes: softmax_rows then quantize_span, code for code, for every
-// row length through the lane-per-row blocks (n <= 16) and past them, row counts with and without
-// a partial block, wide scores (exponentials clamped at -87), -inf entries, rows of equal scores
-// and both roundings; a NaN row is refused (false), wherever it sits.
+// row length through the lane-per-row blocks (n <= 32, one or two 256-byte column tables) and past
+// them, row counts with and without a partial block, with and without per-row affine maps, wide
+// scores (exponentials clamped at -87), -inf entries, rows of equal scores and both roundings; a
+// NaN row is refused (false), wherever it sits.
 TEST(RowSoftmax, Int8CodesAreTheQuantizedProbabilities) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(9);
   const QuantParams p = QuantParams::per_tensor(1.0f / 255.0f, -128, -128, 127);
   const QuantParams coarse = QuantParams::per_tensor(0.0625f, -3, -100, 100);
-  for (const int64_t n : {1, 2, 7, 10, 15, 16, 17, 24}) {
+  for (const int64_t n : {1, 2, 7, 10, 15, 16, 17, 20, 24, 31, 32, 33}) {
     for (const int64_t rows : {1, 15, 16, 33, 160}) {
       torch::Tensor x = torch::randn({rows, n}) * 4;
       if (rows > 20) {
@@ -357,6 +358,24 @@ TEST(RowSoftmax, Int8CodesAreTheQuantizedProbabilities) {
             for (size_t i = 0; i < want.size(); ++i)
               ASSERT_EQ(got[i], want[i]) << "n " << n << " rows " << rows << " element " << i << " kernels " << kernels;
             for (size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], 42) << "wrote past the end";
+          }
+          // Per-row affine maps (WiFlow's bn_similarity before the softmax): row i is
+          // softmax(x * a[i] + b[i]), as softmax_rows' affine form.
+          const torch::Tensor a = torch::rand({rows}) * 1.5 + 0.25, b = torch::randn({rows});  // a > 0: -inf stays -inf
+          std::vector<float> aff(static_cast<size_t>(rows * n));
+          for (int64_t i = 0; i < rows; ++i)
+            softmax_rows(x.data_ptr<float>() + i * n, aff.data() + i * n, 1, n, a[i].item<float>(), b[i].item<float>(),
+                         true);
+          ASSERT_TRUE(quantize_span(aff.data(), rows * n, want.data(), q, r));
+          for (const bool kernels : {true, false}) {
+            const bool before = set_int8_avx512_kernels(kernels);
+            const bool ok = softmax_rows_int8(x.data_ptr<float>(), rows, n, q, r, got.data(), a.data_ptr<float>(),
+                                              b.data_ptr<float>());
+            set_int8_avx512_kernels(before);
+            ASSERT_TRUE(ok);
+            for (size_t i = 0; i < want.size(); ++i)
+              ASSERT_EQ(got[i], want[i]) << "affine, n " << n << " rows " << rows << " element " << i << " kernels "
+                                         << kernels;
           }
         }
       for (const int64_t bad_row : {int64_t{0}, rows - 1}) {
