@@ -388,7 +388,9 @@ torch::Tensor standardized_tokens_int8(const torch::Tensor& x, const QuantParams
   std::atomic<bool> bad{false};
   at::parallel_for(0, N, 4, [&](int64_t b, int64_t e) {
     for_samples_with_stats(src, n, b, e, [&](int64_t i, float mean, float denom) {
-      if (!quantize_standardized_transposed(src + i * n, A * S, T, mean, denom, point, r, dst + i * n)) bad.store(true);
+      if (!quantize_standardized_transposed(src + i * n, A * S, T, mean, denom, point, r, dst + i * n,
+                                            /*from_stats=*/true))
+        bad.store(true);
     });
   });
   CSIPOSE_CHECK(!bad.load(), "quantize_tensor: the tensor has non-finite values (NaN or Inf)");

@@ -146,13 +146,17 @@ struct TokenQuant {
 /// quotient of either sign, which also rounds to zero. A lane with |a| > 2^90 or not finite
 /// (unordered compare) sends the vector to vdivps and a finiteness test: `finite` loses its lanes
 /// outside `m` that are not finite. In the sequence's lanes |a / b| <= 2^120 is finite.
+/// Checked = false: the caller knows every |a| <= 2^90 (quantize_standardized_transposed's
+/// from_stats), so the test is left out.
+template <bool Checked>
 CSIPOSE_VBMI inline __m512 code16(const TokenQuant& q, __m512 v, __mmask16 m, __mmask16& finite) {
   const __m512 a = _mm512_sub_ps(v, q.mean);
   const __m512 q0 = _mm512_mul_ps(a, q.y);
   const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, q.b, a), q.y, q0);
   __m512 t = _mm512_fmadd_ps(_mm512_fnmadd_ps(q1, q.b, a), q.y, q1);
-  if (static_cast<__mmask16>(_mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(0x1p90f), _CMP_LE_OQ)) !=
-      static_cast<__mmask16>(0xFFFF)) {
+  if (Checked &&
+      static_cast<__mmask16>(_mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(0x1p90f), _CMP_LE_OQ)) !=
+          static_cast<__mmask16>(0xFFFF)) {
     t = _mm512_div_ps(a, q.b);
     finite &= static_cast<__mmask16>(
         _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(t), _mm512_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ) |
@@ -171,25 +175,30 @@ CSIPOSE_VBMI inline __m512 code16_div(const TokenQuant& q, __m512 v, __mmask16 m
   return _mm512_min_ps(q.hi, _mm512_max_ps(q.lo, _mm512_add_ps(u, q.zp)));
 }
 
-template <bool Fast>
+/// How a vector's quotients are computed: vdivps, code16's sequence with its range test, or
+/// without it.
+enum class Divide { ieee, checked, bounded };
+
+template <Divide D>
 CSIPOSE_VBMI inline __m512 code_any(const TokenQuant& q, __m512 v, __mmask16 m, __mmask16& finite) {
-  if constexpr (Fast) return code16(q, v, m, finite);
+  if constexpr (D == Divide::checked) return code16<true>(q, v, m, finite);
+  if constexpr (D == Divide::bounded) return code16<false>(q, v, m, finite);
   return code16_div(q, v, m, finite);
 }
 
 /// The int8 codes of n values from x into s: 64 at a step, packed with vpackssdw / vpacksswb (the
 /// values are integers in [qmin, qmax], so the saturation never acts) and put back in order with
 /// one vpermd; the tail 16 at a time (vpmovsdb).
-template <bool Fast>
+template <Divide D>
 CSIPOSE_VBMI inline bool codes_of_span(const TokenQuant& q, const float* x, int64_t n, int8_t* s) {
   __mmask16 finite = 0xFFFF;
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   int64_t j = 0;
   for (; j + 64 <= n; j += 64) {
-    const __m512i c0 = _mm512_cvttps_epi32(code_any<Fast>(q, _mm512_loadu_ps(x + j), 0xFFFF, finite));
-    const __m512i c1 = _mm512_cvttps_epi32(code_any<Fast>(q, _mm512_loadu_ps(x + j + 16), 0xFFFF, finite));
-    const __m512i c2 = _mm512_cvttps_epi32(code_any<Fast>(q, _mm512_loadu_ps(x + j + 32), 0xFFFF, finite));
-    const __m512i c3 = _mm512_cvttps_epi32(code_any<Fast>(q, _mm512_loadu_ps(x + j + 48), 0xFFFF, finite));
+    const __m512i c0 = _mm512_cvttps_epi32(code_any<D>(q, _mm512_loadu_ps(x + j), 0xFFFF, finite));
+    const __m512i c1 = _mm512_cvttps_epi32(code_any<D>(q, _mm512_loadu_ps(x + j + 16), 0xFFFF, finite));
+    const __m512i c2 = _mm512_cvttps_epi32(code_any<D>(q, _mm512_loadu_ps(x + j + 32), 0xFFFF, finite));
+    const __m512i c3 = _mm512_cvttps_epi32(code_any<D>(q, _mm512_loadu_ps(x + j + 48), 0xFFFF, finite));
     // Per 128-bit lane L: packs give [c0 L, c1 L, c2 L, c3 L] (4 values each); vpermd gathers the
     // lanes' dwords so that bytes 16 v .. 16 v + 15 are vector v's.
     const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
@@ -197,7 +206,7 @@ CSIPOSE_VBMI inline bool codes_of_span(const TokenQuant& q, const float* x, int6
   }
   for (; j < n; j += 16) {
     const auto m = static_cast<__mmask16>(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1u);
-    const __m512 c = code_any<Fast>(q, _mm512_maskz_loadu_ps(m, x + j), m, finite);
+    const __m512 c = code_any<D>(q, _mm512_maskz_loadu_ps(m, x + j), m, finite);
     _mm_mask_storeu_epi8(s + j, m, _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(c)));
   }
   return finite == 0xFFFF;
@@ -208,7 +217,7 @@ CSIPOSE_VBMI inline bool codes_of_span(const TokenQuant& q, const float* x, int6
 /// quantize_span's operations: * inv, vrndscaleps to nearest even, + zp, max lo, min hi, truncate,
 /// pack), into a scratch buffer, then ByteTranspose per 16 rows.
 CSIPOSE_VBMI bool codes_vbmi(const float* x, int64_t rows, int64_t cols, float mean_s, float denom_s,
-                             const QuantParams& p, int8_t* codes) {
+                             const QuantParams& p, bool from_stats, int8_t* codes) {
   const int64_t n = rows * cols;
   thread_local std::vector<int8_t> scratch;
   scratch.resize(static_cast<size_t>(n + 192));  // the transpose reads whole 192-byte blocks
@@ -221,8 +230,12 @@ CSIPOSE_VBMI bool codes_vbmi(const float* x, int64_t rows, int64_t cols, float m
                       _mm512_set1_ps(static_cast<float>(p.zero_point[0])),
                       _mm512_set1_ps(static_cast<float>(p.qmin)),
                       _mm512_set1_ps(static_cast<float>(p.qmax))};
-  const bool ok = markstein_divisor(denom_s) && inv_s <= 0x1p50f ? codes_of_span<true>(tq, x, n, s)
-                                                                 : codes_of_span<false>(tq, x, n, s);
+  // from_stats: every |x - mean| <= denom sqrt(n - 1) (the unbiased variance is at least a single
+  // square over n - 1), at most 2^30 * 2^30 here, so code16's range test cannot fail.
+  const bool fast = markstein_divisor(denom_s) && inv_s <= 0x1p50f;
+  const bool ok = !fast                                            ? codes_of_span<Divide::ieee>(tq, x, n, s)
+                  : from_stats && n - 1 <= (int64_t{1} << 60) ? codes_of_span<Divide::bounded>(tq, x, n, s)
+                                                                   : codes_of_span<Divide::checked>(tq, x, n, s);
   if (!ok) return false;
   const ByteTranspose& bt = byte_transpose_for(cols);
   __m512i lo_idx[3], hi_idx[3];
@@ -258,12 +271,12 @@ void divide_span(const float* a, int64_t n, float b, float* out) {
 }
 
 bool quantize_standardized_transposed(const float* x, int64_t rows, int64_t cols, float mean, float denom,
-                                      const QuantParams& p, Rounding r, int8_t* codes) {
+                                      const QuantParams& p, Rounding r, int8_t* codes, bool from_stats) {
   CSIPOSE_CHECK(!p.per_channel() && p.qmin >= -128 && p.qmax <= 127 && rows >= 1 && cols >= 1,
                 "quantize_standardized_transposed: needs per-tensor params with an int8 range and rows, cols >= 1");
 #ifdef CSIPOSE_HAVE_TOKEN_KERNELS
   if (r == Rounding::half_even && cols <= 12 && cpu_has_vbmi_kernels() && int8_avx512_kernels_active())
-    return codes_vbmi(x, rows, cols, mean, denom, p, codes);
+    return codes_vbmi(x, rows, cols, mean, denom, p, from_stats, codes);
 #endif
   return codes_portable(x, rows, cols, mean, denom, p, r, codes);
 }

@@ -31,7 +31,12 @@ void divide_span(const float* a, int64_t n, float b, float* out);
 /// unspecified) when a token is not finite. With AVX-512 VBMI, half-even rounding and cols <= 12
 /// (the pose presets have 10 packets) one fused pass and a byte transpose; otherwise the float
 /// tokens of the sample and quantize_span.
+///
+/// from_stats: the caller promises that mean is the float32 mean of these rows * cols values and
+/// denom = sqrt(unbiased variance of (x - mean) computed from their float32 squares) + 1e-6 (the
+/// pose models' per-sample statistics). Then every |x - mean| is at most denom * sqrt(n - 1), and
+/// the multiply-and-correct division skips its per-vector range test where denom is in range.
 bool quantize_standardized_transposed(const float* x, int64_t rows, int64_t cols, float mean, float denom,
-                                      const QuantParams& p, Rounding r, int8_t* codes);
+                                      const QuantParams& p, Rounding r, int8_t* codes, bool from_stats = false);
 
 }  // namespace csipose

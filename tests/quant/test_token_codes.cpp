@@ -184,5 +184,42 @@ TEST(TokenCodes, EdgesFollowTheDefinition) {
   expect_codes(big, rows, cols, 0.0f, 1e-6f, unit, Rounding::half_even, "overflowing token");
 }
 
+// from_stats: with the values' own mean and divisor (float32 mean, float64 sum of the float32
+// squares of x - mean, unbiased, float32 sqrt + 1e-6) the range test of the division is left out;
+// the codes are still the definition's, for ordinary samples, samples with outliers (large
+// numerators, divisor still in range) and samples whose divisor leaves the range.
+TEST(TokenCodes, CodesFromTheSamplesOwnStatistics) {
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const QuantParams p = QuantParams::per_tensor(0.02f, -4, -128, 127);
+  const int64_t rows = 342, cols = 10, n = rows * cols;
+  for (const float outlier : {0.0f, 1e4f, 1e8f, 1e15f}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = normal(gen) * 2.0f + 0.5f;
+    if (outlier != 0.0f) {
+      x[17] = outlier;
+      x[static_cast<size_t>(n - 1)] = -outlier;
+    }
+    double sum = 0;
+    for (const float v : x) sum += v;
+    const auto mean = static_cast<float>(sum / static_cast<double>(n));
+    double sq = 0;
+    for (const float v : x) {
+      const float c = v - mean;
+      sq += static_cast<double>(c * c);
+    }
+    const float denom = std::sqrt(static_cast<float>(sq / static_cast<double>(n - 1))) + 1e-6f;
+    bool want_finite = true;
+    const std::vector<int8_t> want = want_codes(x, rows, cols, mean, denom, p, Rounding::half_even, &want_finite);
+    ASSERT_TRUE(want_finite);
+    for_both_kernels([&](bool kernels) {
+      std::vector<int8_t> got(want.size());
+      ASSERT_TRUE(quantize_standardized_transposed(x.data(), rows, cols, mean, denom, p, Rounding::half_even,
+                                                   got.data(), /*from_stats=*/true));
+      EXPECT_EQ(got, want) << "outlier " << outlier << " kernels " << kernels;
+    });
+  }
+}
+
 }  // namespace
 }  // namespace csipose
