@@ -1784,8 +1784,8 @@ MatmulRaw matmul_raw(const char* op, const torch::Tensor& a, const QuantParams& 
 
 /// The requantized, dequantized float32 rows of products [b0, b1) of mr (m rows of n each, product
 /// bi's rows at out_at(bi)): sum (a - za)(b - zb) = sum a b - za sum_k b - zb sum_k a + K za zb,
-/// then the contract's requantize and dequantize. With T = int8_t the requantized codes at out_qp
-/// instead (no dequantize).
+/// then the contract's requantize and dequantize. Where out_at returns int8_t pointers, the
+/// requantized codes at out_qp instead (no dequantize).
 template <typename Out>
 void matmul_requantize(const MatmulRaw& mr, const QuantParams& a_qp, const QuantParams& b_qp,
                        const QuantParams& out_qp, Rounding r, int64_t b0, int64_t b1, Out out_at) {

@@ -48,9 +48,9 @@ bool cpu_has_vbmi_kernels() {
   return has;
 }
 
-/// Whether the multiply-and-correct quotient is valid for every numerator allowed by
-/// markstein_lanes: b and its reciprocal normal and far from the ends of the range, so that no
-/// product, remainder or quotient over- or underflows.
+/// Whether the multiply-and-correct quotient is valid for every numerator divide16 lets through:
+/// b and its reciprocal normal and far from the ends of the range, so that no product, remainder
+/// or quotient over- or underflows.
 bool markstein_divisor(float b) { return b >= 0x1p-30f && b <= 0x1p30f; }
 
 /// a / b on 16 lanes, bit for bit vdivps (b in markstein_divisor's range, y = 1.0f / b, both
