@@ -756,7 +756,13 @@ CSIPOSE_AVX512 void requant_span_even_avx512(const int32_t* src, const uint32_t*
                                              float zp_s, float lo_s, float hi_s, float s_out_s, float* dst) {
   const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s),
                s_out = _mm512_set1_ps(s_out_s);
-  for (int64_t i = 0; i < n; i += 16) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 u = requant16(_mm512_loadu_si512(src + i), _mm512_loadu_si512(add + i), _mm512_loadu_ps(mult + i),
+                               zp, lo, hi);
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
+  }
+  if (i < n) {
     const __mmask16 m = tail_mask16(n - i);
     const __m512 u = requant16(_mm512_maskz_loadu_epi32(m, src + i), _mm512_maskz_loadu_epi32(m, add + i),
                                _mm512_maskz_loadu_ps(m, mult + i), zp, lo, hi);
@@ -825,7 +831,17 @@ CSIPOSE_AVX512 void requant_rows_even_avx512(const int32_t* src, int64_t row0, i
     const __m512i a = _mm512_set1_epi32(static_cast<int32_t>(add[c]));
     const __m512 mv = _mm512_set1_ps(mult[c]);
     const int32_t* s_row = src + r * np;
-    for (int64_t i = 0; i < np; i += 16) {
+    int64_t i = 0;
+    // Whole vectors unmasked, the codes packed in a register and stored as 16 bytes (the masked
+    // memory form of vpmovsdb cost more than the arithmetic); the row's tail masked.
+    for (; i + 16 <= np; i += 16) {
+      const __m512 u = requant16(_mm512_loadu_si512(s_row + i), a, mv, zp, lo, hi);
+      if (dst_q == nullptr)
+        _mm512_storeu_ps(dst_f + r * np + i, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
+      else
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst_q + r * np + i), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(u)));
+    }
+    if (i < np) {
       const __mmask16 m = tail_mask16(np - i);
       const __m512 u = requant16(_mm512_maskz_loadu_epi32(m, s_row + i), a, mv, zp, lo, hi);
       if (dst_q == nullptr) {
@@ -1106,10 +1122,47 @@ void requantize_conv_into(const int32_t* src, int64_t n, int64_t o, int64_t np, 
   const float lo = static_cast<float>(out.qmin), hi = static_cast<float>(out.qmax);
   const uint32_t* add32 = q.add32.data();
   const float* mv = q.mult.data();
+  // Rows of a length that is not a multiple of 16 (a TCN row is 20 positions: a vector and a
+  // 4-lane masked tail) run as one flat span per sample instead, with the channel constants
+  // expanded per element: the same operations on every element, in whole vectors.
+  const bool spans = r == Rounding::half_even && np % 16 != 0 && o * np <= 65536;
+  std::vector<uint32_t> add_e;
+  std::vector<float> mult_e;
+  if (spans) {
+    add_e.resize(static_cast<size_t>(o * np));
+    mult_e.resize(add_e.size());
+    for (int64_t c = 0; c < o; ++c)
+      for (int64_t pi = 0; pi < np; ++pi) {
+        add_e[static_cast<size_t>(c * np + pi)] = add32[c];
+        mult_e[static_cast<size_t>(c * np + pi)] = mv[c];
+      }
+  }
   at::parallel_for(0, n * o, std::max<int64_t>(1, 16384 / std::max<int64_t>(np, 1)), [&](int64_t b, int64_t e) {
     if (r == Rounding::half_even) {  // blocks of whole rows per call (requant_rows_even)
-      requant_rows_even(src + b * np, b, e - b, np, o, add32, mv, zp, lo, hi, s_out,
-                        dst_f ? dst_f + b * np : nullptr, dst_q ? dst_q + b * np : nullptr);
+      const auto rows_of = [&](int64_t r0, int64_t r1) {
+        if (r1 > r0)
+          requant_rows_even(src + r0 * np, r0, r1 - r0, np, o, add32, mv, zp, lo, hi, s_out,
+                            dst_f ? dst_f + r0 * np : nullptr, dst_q ? dst_q + r0 * np : nullptr);
+      };
+      if (!spans) {
+        rows_of(b, e);
+      } else {
+        // Partial samples at the ends row by row, whole samples as spans.
+        const int64_t s0 = (b + o - 1) / o, s1 = e / o;
+        if (s0 >= s1) {
+          rows_of(b, e);
+        } else {
+          rows_of(b, s0 * o);
+          for (int64_t smp = s0; smp < s1; ++smp) {
+            const int64_t at = smp * o * np;
+            if (dst_q != nullptr)
+              requant_span_even_q(src + at, add_e.data(), mult_e.data(), o * np, zp, lo, hi, dst_q + at);
+            else
+              requant_span_even(src + at, add_e.data(), mult_e.data(), o * np, zp, lo, hi, s_out, dst_f + at);
+          }
+          rows_of(s1 * o, e);
+        }
+      }
       if (dst_q != nullptr && table != nullptr) apply_lut(dst_q + b * np, (e - b) * np, table);
       return;
     }
