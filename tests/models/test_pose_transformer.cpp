@@ -217,11 +217,19 @@ TEST(PoseTransformer, StandardizationMakesOutputsInvariantToPerSampleAffineInput
 // a non-finite input is refused as proj's quantize refuses it.
 TEST(PoseTransformer, Int8TokensAreTheQuantizedTokens) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = csi_batch(5);
+  torch::Tensor x = csi_batch(5);
+  // Samples whose divisor is far from 1: one with an outlier (large |x - mean|, divisor still in
+  // the exact multiply-and-correct range), one scaled past that range (the vdivps path).
+  x[1][0][3][4] = 5e6f;
+  x[3] = x[3] * 3e10f;
   for (const QuantParams& p : {QuantParams::per_tensor(0.02f, 3, -128, 127), QuantParams::per_tensor(0.005f, -7, -128, 127)}) {
-    const torch::Tensor got = standardized_tokens_int8(x, p, Rounding::half_even);
-    ASSERT_EQ(got.scalar_type(), torch::kChar);
-    EXPECT_TRUE(torch::equal(got, quantize_tensor(standardized_tokens(x), p))) << p.scale[0];
+    for (const bool kernels : {true, false}) {
+      const bool before = set_int8_avx512_kernels(kernels);
+      const torch::Tensor got = standardized_tokens_int8(x, p, Rounding::half_even);
+      set_int8_avx512_kernels(before);
+      ASSERT_EQ(got.scalar_type(), torch::kChar);
+      EXPECT_TRUE(torch::equal(got, quantize_tensor(standardized_tokens(x), p))) << p.scale[0] << " kernels " << kernels;
+    }
   }
   torch::Tensor bad = x.clone();
   bad[4][2][113][9] = std::numeric_limits<float>::infinity();
