@@ -20,6 +20,7 @@
 #include "common/check.h"
 #include "quant/fake_quant.h"
 #include "quant/int8_backend.h"
+#include "quant/lut_vbmi.h"
 #include "quant/reference.h"
 #include "quant/token_codes.h"
 #include "quant/row_softmax.h"
@@ -620,14 +621,8 @@ void requant_rows_even_auto(const int32_t* src, int64_t row0, int64_t rows, int6
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/// apply_lut with AVX-512 VBMI: the 256-entry table in four registers, two 128-entry byte permutes
-/// (vpermi2b: bits 0-6 of each code) and a blend on bit 7, 64 codes per step.
+/// apply_lut with AVX-512 VBMI (lut_vbmi, quant/lut_vbmi.h), 64 codes per step.
 #define CSIPOSE_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
-CSIPOSE_VBMI inline __m512i lut_vbmi(__m512i x, __m512i t0, __m512i t1, __m512i t2, __m512i t3) {
-  const __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);  // codes 0..127 (bit 6 picks t0 / t1)
-  const __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);  // codes 128..255
-  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi);
-}
 
 CSIPOSE_VBMI void apply_lut_vbmi(int8_t* dst, int64_t n, const int8_t* table) {
   const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
@@ -673,7 +668,7 @@ CSIPOSE_VBMI void row_sums_i8_bw(const int8_t* x, int64_t rows, int64_t k, int64
 
 bool cpu_has_vbmi() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vbmi");
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
   return has;
 }
 #endif
@@ -752,7 +747,7 @@ CSIPOSE_AVX512 inline __m512 requant16(__m512i acc, __m512i add, __m512 mult, __
   return round_shift_clamp(y, zp, lo, hi);
 }
 
-CSIPOSE_AVX512 void requant_span_even_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
+CSIPOSE_AVX512 inline void requant_span_even_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
                                              float zp_s, float lo_s, float hi_s, float s_out_s, float* dst) {
   const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s),
                s_out = _mm512_set1_ps(s_out_s);
@@ -770,7 +765,7 @@ CSIPOSE_AVX512 void requant_span_even_avx512(const int32_t* src, const uint32_t*
   }
 }
 
-CSIPOSE_AVX512 void requant_span_even_q_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
+CSIPOSE_AVX512 inline void requant_span_even_q_avx512(const int32_t* src, const uint32_t* add, const float* mult, int64_t n,
                                                float zp_s, float lo_s, float hi_s, int8_t* dst) {
   const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s);
   int64_t i = 0;
@@ -790,34 +785,16 @@ CSIPOSE_AVX512 void requant_span_even_q_avx512(const int32_t* src, const uint32_
 }
 
 /// requant_span_even(_q) of `rows` rows of o channels (row r at src + r o, the same add / mult per
-/// channel), into dst_f or dst_q: the same operations per element with the constants kept in
-/// registers across rows (one call per row of a linear op's 48..144 outputs cost ~a third of the
-/// requantization).
+/// channel), into dst_f or dst_q: the span kernels called directly row by row (a dispatching call
+/// per row of a linear op's 48..144 outputs cost about a third of the requantization).
 CSIPOSE_AVX512 void requant_linear_rows_even_avx512(const int32_t* src, int64_t rows, int64_t o, const uint32_t* add,
-                                                    const float* mult, float zp_s, float lo_s, float hi_s,
-                                                    float s_out_s, float* dst_f, int8_t* dst_q) {
-  const __m512 zp = _mm512_set1_ps(zp_s), lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s),
-               s_out = _mm512_set1_ps(s_out_s);
-  const int64_t full = o / 16 * 16;
-  const __mmask16 tail = tail_mask16(o - full);
+                                                    const float* mult, float zp, float lo, float hi, float s_out,
+                                                    float* dst_f, int8_t* dst_q) {
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* s_row = src + r * o;
-    for (int64_t j = 0; j < full; j += 16) {
-      const __m512 u = requant16(_mm512_loadu_si512(s_row + j), _mm512_loadu_si512(add + j), _mm512_loadu_ps(mult + j),
-                                 zp, lo, hi);
-      if (dst_q != nullptr)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst_q + r * o + j), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(u)));
-      else
-        _mm512_storeu_ps(dst_f + r * o + j, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
-    }
-    if (full < o) {
-      const __m512 u = requant16(_mm512_maskz_loadu_epi32(tail, s_row + full), _mm512_maskz_loadu_epi32(tail, add + full),
-                                 _mm512_maskz_loadu_ps(tail, mult + full), zp, lo, hi);
-      if (dst_q != nullptr)
-        _mm512_mask_cvtsepi32_storeu_epi8(dst_q + r * o + full, tail, _mm512_cvttps_epi32(u));
-      else
-        _mm512_mask_storeu_ps(dst_f + r * o + full, tail, _mm512_mul_ps(_mm512_sub_ps(u, zp), s_out));
-    }
+    if (dst_q != nullptr)
+      requant_span_even_q_avx512(src + r * o, add, mult, o, zp, lo, hi, dst_q + r * o);
+    else
+      requant_span_even_avx512(src + r * o, add, mult, o, zp, lo, hi, s_out, dst_f + r * o);
   }
 }
 
@@ -1519,6 +1496,14 @@ bool set_int8_avx512_kernels(bool on) {
 #endif
 }
 bool int8_avx512_kernels_active() { return use_avx512_kernels(); }
+
+bool int8_vbmi_kernels_active() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return cpu_has_vbmi() && use_avx512_kernels();
+#else
+  return false;
+#endif
+}
 
 torch::Tensor int8_op_float(const torch::Tensor& x, const QuantParams& in_qp, const PackedWeight& w,
                             const QuantParams& out_qp, const Int8Conv* conv, Rounding r) {

@@ -174,6 +174,9 @@ int64_t int8_conv_chunk_bytes();
 bool set_int8_avx512_kernels(bool on);
 /// True when the explicit AVX-512 kernels run (the CPU has AVX-512F and they are on).
 bool int8_avx512_kernels_active();
+/// True when the explicit kernels that also need AVX-512BW / VL / VBMI (byte permutes, byte
+/// tables) run: the CPU has them and set_int8_avx512_kernels leaves the kernels on.
+bool int8_vbmi_kernels_active();
 /// What int8_op_fused returns: the float32 dequantized output (default), or the int8 codes at
 /// out_qp for the next int8 op, each mapped through `table` when given (indexed by the code's bit
 /// pattern, uint8_t(q); int8_code_table builds one).

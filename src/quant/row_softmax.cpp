@@ -12,6 +12,7 @@
 
 #include "common/check.h"
 #include "quant/int8_ops.h"
+#include "quant/lut_vbmi.h"
 #include "quant/reference.h"
 
 #if defined(__x86_64__)
@@ -84,12 +85,6 @@ void normalize_row(float* out, int64_t n) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-bool cpu_has_lane_kernels() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
-  return has;
-}
-
 /// exp_nonpositive on 16 lanes: the same float32 operations in the same order (no FMA).
 CSIPOSE_LANES inline __m512 exp_lanes(__m512 t) {
   t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, _mm512_set1_ps(-87.0f), _CMP_LT_OQ), _mm512_set1_ps(-87.0f));
@@ -142,13 +137,6 @@ const ColumnsToRows& columns_to_rows(int64_t n) {
   return all[static_cast<size_t>(n)];
 }
 
-/// table[idx] over a 256-byte table held in four registers (vpermi2b on bits 0-6, blend on bit 7).
-CSIPOSE_LANES inline __m512i lookup256(__m512i idx, __m512i t0, __m512i t1, __m512i t2, __m512i t3) {
-  const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);
-  const __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3);
-  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
-}
-
 /// softmax_rows_int8 for `blocks` blocks of 16 rows of n <= 32 values (half-even rounding), rows
 /// mapped by x * a[row] + b[row] first when a / b are given (shift_row's affine form): false when a
 /// probability is not finite.
@@ -198,10 +186,10 @@ CSIPOSE_LANES bool softmax_codes_lanes(const float* x, int64_t blocks, int64_t n
                   t3 = _mm512_load_si512(cols + 192);
     int8_t* out = codes + blk * 16 * n;
     for (int64_t c = 0; c < chunks; ++c) {
-      __m512i o = lookup256(_mm512_load_si512(ctr.idx_lo[c]), t0, t1, t2, t3);
+      __m512i o = lut_vbmi(_mm512_load_si512(ctr.idx_lo[c]), t0, t1, t2, t3);
       if (wide && ctr.hi_mask[c] != 0)
         o = _mm512_mask_blend_epi8(ctr.hi_mask[c], o,
-                                   lookup256(_mm512_load_si512(ctr.idx_hi[c]), _mm512_load_si512(cols + 256),
+                                   lut_vbmi(_mm512_load_si512(ctr.idx_hi[c]), _mm512_load_si512(cols + 256),
                                              _mm512_load_si512(cols + 320), _mm512_load_si512(cols + 384),
                                              _mm512_load_si512(cols + 448)));
       const int64_t left = 16 * n - 64 * c;
@@ -248,7 +236,7 @@ bool softmax_rows_int8(const float* x, int64_t rows, int64_t n, const QuantParam
   int64_t done = 0;
   bool finite = true;
 #ifdef CSIPOSE_HAVE_SOFTMAX_LANES
-  if (n <= kMaxLaneRow && r == Rounding::half_even && cpu_has_lane_kernels() && int8_avx512_kernels_active()) {
+  if (n <= kMaxLaneRow && r == Rounding::half_even && int8_vbmi_kernels_active()) {
     finite = softmax_codes_lanes(x, rows / 16, n, p, row_scale, row_shift, codes);
     done = rows / 16 * 16;
   }

@@ -38,16 +38,6 @@ bool codes_portable(const float* x, int64_t rows, int64_t cols, float mean, floa
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-bool cpu_has_avx512f() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-bool cpu_has_vbmi_kernels() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
-  return has;
-}
-
 /// Whether the multiply-and-correct quotient is valid for every numerator divide16 lets through:
 /// b and its reciprocal normal and far from the ends of the range, so that no product, remainder
 /// or quotient over- or underflows.
@@ -62,10 +52,15 @@ bool markstein_divisor(float b) { return b >= 0x1p-30f && b <= 0x1p30f; }
 /// no over- or underflow: a lane whose |a| lies outside [2^-90, 2^90] (with b in [2^-30, 2^30] the
 /// remainders stay above 2^-114, normal) is not taken unless a is a zero (then the quotient is a,
 /// sign included, as ±0 / b for b > 0); a vector with any such lane is divided with vdivps.
-CSIPOSE_AVX512 inline __m512 divide16(__m512 a, __m512 b, __m512 y) {
+/// The sequence alone (no range tests): q0 = a y, two corrections q + (a - q b) y.
+CSIPOSE_AVX512 inline __m512 markstein16(__m512 a, __m512 b, __m512 y) {
   const __m512 q0 = _mm512_mul_ps(a, y);
   const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, b, a), y, q0);
-  const __m512 q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q1, b, a), y, q1);
+  return _mm512_fmadd_ps(_mm512_fnmadd_ps(q1, b, a), y, q1);
+}
+
+CSIPOSE_AVX512 inline __m512 divide16(__m512 a, __m512 b, __m512 y) {
+  const __m512 q = markstein16(a, b, y);
   const __m512 abs_a = _mm512_abs_ps(a);
   const __mmask16 zero = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_EQ_OQ);
   const __mmask16 in_range = _mm512_cmp_ps_mask(abs_a, _mm512_set1_ps(0x1p-90f), _CMP_GE_OQ) &
@@ -139,7 +134,7 @@ struct TokenQuant {
 };
 
 /// The integer-valued float codes clamp(round((v - mean) / b * inv) + zp) of 16 lanes. The quotient
-/// is divide16's sequence without its per-lane tests: the caller (codes_vbmi) has checked b in
+/// is markstein16 (divide16 without its per-lane tests): the caller (codes_vbmi) has checked b in
 /// [2^-30, 2^30] and inv <= 2^50, so a lane with |a| < 2^-90 has |a / b * inv| < 2^-10 both
 /// exactly and through the sequence (whose subnormal roundings add at most ~2^-117 to a quotient
 /// of at most 2^-60): both round to zero, the code is the zero point's. A zero a gives a zero
@@ -151,9 +146,7 @@ struct TokenQuant {
 template <bool Checked>
 CSIPOSE_VBMI inline __m512 code16(const TokenQuant& q, __m512 v, __mmask16 m, __mmask16& finite) {
   const __m512 a = _mm512_sub_ps(v, q.mean);
-  const __m512 q0 = _mm512_mul_ps(a, q.y);
-  const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, q.b, a), q.y, q0);
-  __m512 t = _mm512_fmadd_ps(_mm512_fnmadd_ps(q1, q.b, a), q.y, q1);
+  __m512 t = markstein16(a, q.b, q.y);
   if (Checked &&
       static_cast<__mmask16>(_mm512_cmp_ps_mask(_mm512_abs_ps(a), _mm512_set1_ps(0x1p90f), _CMP_LE_OQ)) !=
           static_cast<__mmask16>(0xFFFF)) {
@@ -264,7 +257,7 @@ CSIPOSE_VBMI bool codes_vbmi(const float* x, int64_t rows, int64_t cols, float m
 
 void divide_span(const float* a, int64_t n, float b, float* out) {
 #ifdef CSIPOSE_HAVE_TOKEN_KERNELS
-  if (cpu_has_avx512f() && int8_avx512_kernels_active() && markstein_divisor(b))
+  if (int8_avx512_kernels_active() && markstein_divisor(b))
     return divide_span_avx512(a, n, b, out);
 #endif
   divide_span_plain(a, n, b, out);
@@ -275,7 +268,7 @@ bool quantize_standardized_transposed(const float* x, int64_t rows, int64_t cols
   CSIPOSE_CHECK(!p.per_channel() && p.qmin >= -128 && p.qmax <= 127 && rows >= 1 && cols >= 1,
                 "quantize_standardized_transposed: needs per-tensor params with an int8 range and rows, cols >= 1");
 #ifdef CSIPOSE_HAVE_TOKEN_KERNELS
-  if (r == Rounding::half_even && cols <= 12 && cpu_has_vbmi_kernels() && int8_avx512_kernels_active())
+  if (r == Rounding::half_even && cols <= 12 && int8_vbmi_kernels_active())
     return codes_vbmi(x, rows, cols, mean, denom, p, from_stats, codes);
 #endif
   return codes_portable(x, rows, cols, mean, denom, p, r, codes);
